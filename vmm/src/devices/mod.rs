@@ -1,0 +1,5 @@
+//! Emulated devices: the address-space bus, legacy devices and virtio.
+
+pub mod bus;
+
+pub use bus::{Bus, BusDevice, BusError};
