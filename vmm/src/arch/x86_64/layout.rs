@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! 0x0000_0000  real-mode area: GDT/IDT (0x500), zero page (0x7000),
-//!              identity page tables (0x9000..0xc000), MP table (EBDA),
-//!              kernel command line (0x20000)
+//!              identity page tables (0x9000..0xc000), kernel command
+//!              line (0x20000), MP table (BIOS area, 0xf0000)
 //! 0x0010_0000  high memory: kernel, then free RAM, initrd at the top
 //! 0xc000_0000  32-bit MMIO gap (1 GiB, never RAM):
 //!   0xd000_0000  virtio-mmio devices, 4 KiB apart
@@ -32,6 +32,9 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the extended BIOS data area, where the guest scans for the MP
 /// floating pointer; everything from here to 1 MiB is reserved in the e820 map.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP table lives in the BIOS area, which the guest also scans for the
+/// floating pointer and which has room for the largest CPU count.
+pub const MPTABLE_START: u64 = 0xf_0000;
 pub const HIMEM_START: u64 = 0x10_0000;
 
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
@@ -102,6 +105,7 @@ mod tests {
         assert!(BOOT_STACK_POINTER < PML4_START);
         assert!(PDE_START + 0x1000 <= CMDLINE_START);
         assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+        assert!(MPTABLE_START > EBDA_START && MPTABLE_START < HIMEM_START);
         assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && VIRTIO_MMIO_END <= IOAPIC_START);
         assert_eq!(
             (VIRTIO_MMIO_END - VIRTIO_MMIO_START) / VIRTIO_MMIO_SLOT_SIZE,
