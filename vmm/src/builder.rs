@@ -1,0 +1,205 @@
+//! The one place a VM is assembled: KVM, guest memory, the kernel and
+//! initrd, the devices and their interrupt wiring, the boot tables and the
+//! vCPUs, in that order, so that bad input fails before anything runs.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use linux_loader::cmdline::Cmdline;
+use nix::sys::signal::{SigSet, Signal};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::{boot, layout, mptable, regs};
+use crate::config::{Console, VmConfig};
+use crate::devices::serial::{SerialConsole, COM1_BASE, COM1_LEN};
+use crate::devices::{Bus, BusError};
+use crate::memory::{self, GuestMemory, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuExitReason};
+use crate::vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot open console file {path}: {source}")]
+    ConsoleFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("kernel command line: {0}")]
+    Cmdline(#[from] linux_loader::cmdline::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// How a VM run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest reset itself: its way of shutting down cleanly.
+    Stopped,
+    /// The guest kernel panicked (seen on the console) and then reset.
+    Panicked,
+    /// KVM or the guest failed.
+    Failed(String),
+    /// The VMM was asked to stop by a signal.
+    Signalled(i32),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Stopped => 0,
+            Outcome::Panicked | Outcome::Failed(_) => 1,
+            Outcome::Signalled(sig) => 128 + sig,
+        }
+    }
+}
+
+/// A VM ready to run.
+pub struct Vmm {
+    _vm: Vm,
+    _mem: GuestMemory,
+    pio: Bus,
+    mmio: Bus,
+    vcpus: Vec<Vcpu>,
+    panicked: Arc<AtomicBool>,
+}
+
+pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
+    let vm = Vm::new(cfg.vcpus)?;
+    let mem = memory::create_guest_memory(cfg.memory_mib)?;
+    vm.map_memory(&mem)?;
+
+    let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|path| boot::load_initrd(&mem, &kernel, path))
+        .transpose()?;
+
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE)?;
+    cmdline.insert_str(&cfg.cmdline)?;
+
+    let panicked = Arc::new(AtomicBool::new(false));
+    let mut pio = Bus::new();
+    let mmio = Bus::new();
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irq(&serial_irq, layout::SERIAL_IRQ)?;
+    let console = SerialConsole::new(serial_irq, console_output(&cfg.console)?, panicked.clone());
+    pio.insert(Arc::new(Mutex::new(console)), COM1_BASE, COM1_LEN)?;
+
+    boot::load_cmdline(&mem, &cmdline)?;
+    let cmdline_len = cmdline.as_cstring().map(|c| c.as_bytes().len())?;
+    boot::write_zero_page(&mem, &kernel, initrd, cmdline_len)?;
+    mptable::setup(&mem, cfg.vcpus)?;
+    regs::write_boot_tables(&mem)?;
+
+    let vcpus = (0..cfg.vcpus)
+        .map(|i| Vcpu::new(&vm, i, cfg.vcpus, (i == 0).then_some(kernel.entry)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Vmm {
+        _vm: vm,
+        _mem: mem,
+        pio,
+        mmio,
+        vcpus,
+        panicked,
+    })
+}
+
+fn console_output(console: &Console) -> Result<Box<dyn Write + Send>, BuildError> {
+    Ok(match console {
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::Off => Box::new(std::io::sink()),
+        Console::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::ConsoleFile {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+        ),
+    })
+}
+
+enum Event {
+    Vcpu(u8, VcpuExitReason),
+    Signal(Signal),
+}
+
+/// Signals that stop the VMM; they are blocked in every thread and taken
+/// by one waiting thread, so a stop always goes through the same exit path.
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    set
+}
+
+impl Vmm {
+    /// Runs the vCPUs until the guest stops, fails, or a stop signal comes.
+    pub fn run(self) -> Result<Outcome, BuildError> {
+        let signals = stop_signals();
+        signals
+            .thread_block()
+            .map_err(|e| BuildError::Thread(e.into()))?;
+        let (tx, rx) = mpsc::channel();
+        let sig_tx = tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    let _ = sig_tx.send(Event::Signal(sig));
+                }
+            })
+            .map_err(BuildError::Thread)?;
+        for mut vcpu in self.vcpus {
+            let (pio, mmio, tx) = (self.pio.clone(), self.mmio.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index()))
+                .spawn(move || {
+                    let reason = vcpu.run(&pio, &mmio);
+                    let _ = tx.send(Event::Vcpu(vcpu.index(), reason));
+                })
+                .map_err(BuildError::Thread)?;
+        }
+        drop(tx);
+        let outcome = match rx.recv() {
+            Ok(Event::Vcpu(index, reason)) => {
+                tracing::debug!(vcpu = index, ?reason, "vCPU stopped");
+                match reason {
+                    _ if self.panicked.load(Ordering::SeqCst) => Outcome::Panicked,
+                    VcpuExitReason::Reset => Outcome::Stopped,
+                    VcpuExitReason::TripleFault => {
+                        Outcome::Failed(format!("vCPU {index}: the guest triple-faulted"))
+                    }
+                    VcpuExitReason::Failed(msg) => Outcome::Failed(format!("vCPU {index}: {msg}")),
+                }
+            }
+            Ok(Event::Signal(sig)) => Outcome::Signalled(sig as i32),
+            Err(_) => Outcome::Failed("all vCPU threads ended without a reason".into()),
+        };
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,108 @@
+//! What a VM is made of, as the command line or a caller describes it.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The command line every guest gets unless the caller replaces it: the
+/// serial console, a reset through the keyboard controller as the way to
+/// stop (`reboot=k`, which the VMM turns into a clean exit), an immediate
+/// reset on panic, and no probing for hardware the VM does not have.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+impl FromStr for Console {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "stdout" => Console::Stdout,
+            "off" | "none" => Console::Off,
+            path => Console::File(PathBuf::from(path)),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl FromStr for DiskConfig {
+    type Err = String;
+    /// `PATH` or `PATH,ro` / `PATH,rw`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((path, "ro")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            Some((_, opt)) => {
+                return Err(format!("unknown disk option {opt:?} (expected ro or rw)"))
+            }
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err("empty disk path".into());
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub console: Console,
+    pub vsock: Option<VsockConfig>,
+    pub disks: Vec<DiskConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options() {
+        assert_eq!(
+            "/a/b.img,ro".parse::<DiskConfig>().unwrap(),
+            DiskConfig {
+                path: "/a/b.img".into(),
+                read_only: true
+            }
+        );
+        assert!(!"/a/b.img".parse::<DiskConfig>().unwrap().read_only);
+        assert!(!"/a,b.img,rw".parse::<DiskConfig>().unwrap().read_only);
+        assert!("/a/b.img,rx"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("rx"));
+        assert!(",ro".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn console_targets() {
+        assert_eq!("stdout".parse::<Console>().unwrap(), Console::Stdout);
+        assert_eq!("off".parse::<Console>().unwrap(), Console::Off);
+        assert_eq!(
+            "/tmp/c.log".parse::<Console>().unwrap(),
+            Console::File("/tmp/c.log".into())
+        );
+    }
+}
