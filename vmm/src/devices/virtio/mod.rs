@@ -7,6 +7,7 @@
 //! the QueueNotify register), and tells the guest about used buffers through
 //! the shared [`Interrupt`].
 
+pub mod block;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};
