@@ -97,12 +97,14 @@ mod tests {
 
     #[test]
     fn fixed_areas_do_not_overlap() {
-        assert!(BOOT_IDT_START + 8 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PDE_START + 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && VIRTIO_MMIO_END <= IOAPIC_START);
+        const {
+            assert!(BOOT_IDT_START + 8 <= ZERO_PAGE_START);
+            assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+            assert!(BOOT_STACK_POINTER < PML4_START);
+            assert!(PDE_START + 0x1000 <= CMDLINE_START);
+            assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+            assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && VIRTIO_MMIO_END <= IOAPIC_START);
+        }
         assert_eq!(
             (VIRTIO_MMIO_END - VIRTIO_MMIO_START) / VIRTIO_MMIO_SLOT_SIZE,
             0x1_0000
