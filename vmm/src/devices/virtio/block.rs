@@ -108,7 +108,11 @@ impl Block {
             });
         }
         if bytes % SECTOR_SIZE != 0 {
-            warn!(path = %path.display(), bytes, "disk image size is not a whole number of sectors; the tail is not visible to the guest");
+            warn!(
+                path = %path.display(),
+                bytes,
+                "disk image size is not a whole number of sectors; the guest cannot see the tail"
+            );
         }
 
         let mut features = VIRTIO_F_VERSION_1 | 1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX;

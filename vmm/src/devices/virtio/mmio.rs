@@ -55,7 +55,9 @@ const INIT_STEPS: [u32; 4] = [
 pub enum MmioError {
     #[error("virtio device type {device_type} has no queues")]
     NoQueues { device_type: u32 },
-    #[error("virtio device type {device_type}: queue {index} has an invalid maximum size {max_size}: {source}")]
+    #[error(
+        "virtio device type {device_type}: queue {index} has an invalid size {max_size}: {source}"
+    )]
     QueueSize {
         device_type: u32,
         index: usize,
