@@ -7,6 +7,9 @@
 //! the QueueNotify register), and tells the guest about used buffers through
 //! the shared [`Interrupt`].
 
+pub mod block;
+pub mod mmio;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -33,6 +36,9 @@ pub const INT_CONFIG_CHANGE: u32 = 0x2;
 /// interrupt controller (a KVM irqfd).
 pub struct Interrupt {
     status: AtomicU32,
+    /// Bumped on every configuration change, so that the transport's
+    /// ConfigGeneration register lets the driver detect a torn config read.
+    config_generation: AtomicU32,
     evt: EventFd,
 }
 
@@ -40,6 +46,7 @@ impl Interrupt {
     pub fn new(evt: EventFd) -> Self {
         Self {
             status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
             evt,
         }
     }
@@ -48,8 +55,14 @@ impl Interrupt {
         self.signal(INT_USED_RING);
     }
 
+    /// Call after the device changed its configuration space.
     pub fn signal_config_change(&self) {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
         self.signal(INT_CONFIG_CHANGE);
+    }
+
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
     }
 
     fn signal(&self, bits: u32) {
