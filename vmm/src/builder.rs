@@ -14,6 +14,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::{boot, layout, mptable, regs};
 use crate::config::{Console, VmConfig};
 use crate::devices::serial::{SerialConsole, COM1_BASE, COM1_LEN};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusError};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuExitReason};
@@ -45,6 +48,12 @@ pub enum BuildError {
     EventFd(#[source] std::io::Error),
     #[error("kernel command line: {0}")]
     Cmdline(#[from] linux_loader::cmdline::Error),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
+    #[error("no room for another virtio-mmio device (interrupt lines {first}-{last} are taken)")]
+    NoDeviceSlot { first: u32, last: u32 },
     #[error("cannot start a vCPU thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -99,11 +108,17 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
 
     let panicked = Arc::new(AtomicBool::new(false));
     let mut pio = Bus::new();
-    let mmio = Bus::new();
+    let mut mmio = Bus::new();
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irq(&serial_irq, layout::SERIAL_IRQ)?;
     let console = SerialConsole::new(serial_irq, console_output(&cfg.console)?, panicked.clone());
     pio.insert(Arc::new(Mutex::new(console)), COM1_BASE, COM1_LEN)?;
+
+    let mut slots = VirtioSlots::default();
+    for disk in &cfg.disks {
+        let block = Block::new(&disk.path, disk.read_only)?;
+        slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(block))?;
+    }
 
     boot::load_cmdline(&mem, &cmdline)?;
     let cmdline_len = cmdline.as_cstring().map(|c| c.as_bytes().len())?;
@@ -123,6 +138,49 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         vcpus,
         panicked,
     })
+}
+
+/// Hands out virtio-mmio windows and interrupt lines in order, and wires
+/// each device: irqfd for its interrupt, ioeventfds for its queue doorbells,
+/// the bus window, and the `virtio_mmio.device=` argument that tells the
+/// guest where it is.
+#[derive(Default)]
+struct VirtioSlots {
+    count: u32,
+}
+
+impl VirtioSlots {
+    fn attach(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemory,
+        mmio: &mut Bus,
+        cmdline: &mut Cmdline,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<(), BuildError> {
+        let irq = layout::IRQ_FIRST_DEVICE + self.count;
+        if irq > layout::IRQ_LAST_DEVICE {
+            return Err(BuildError::NoDeviceSlot {
+                first: layout::IRQ_FIRST_DEVICE,
+                last: layout::IRQ_LAST_DEVICE,
+            });
+        }
+        let base = layout::VIRTIO_MMIO_START + u64::from(self.count) * layout::VIRTIO_MMIO_SLOT_SIZE;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        vm.register_irq(&irq_evt, irq)?;
+        let transport = MmioTransport::new(mem.clone(), device, irq_evt)?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            vm.register_mmio_doorbell(evt, base + NOTIFY_OFFSET, queue as u32)?;
+        }
+        tracing::debug!(base, irq, device_type = transport.device_type(), "virtio-mmio device");
+        mmio.insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SLOT_SIZE)?;
+        cmdline.insert(
+            "virtio_mmio.device",
+            &format!("{}K@{base:#x}:{irq}", layout::VIRTIO_MMIO_SLOT_SIZE >> 10),
+        )?;
+        self.count += 1;
+        Ok(())
+    }
 }
 
 fn console_output(console: &Console) -> Result<Box<dyn Write + Send>, BuildError> {
