@@ -7,6 +7,8 @@
 //! the QueueNotify register), and tells the guest about used buffers through
 //! the shared [`Interrupt`].
 
+pub mod vsock;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
