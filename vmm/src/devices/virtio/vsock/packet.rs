@@ -261,3 +261,208 @@ impl RxBuffer {
         Ok(HDR_SIZE as u32 + len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
+
+    const BUF: u64 = 0x10_0000;
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, 0))
+    }
+
+    fn header(len: u32) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 1000,
+            dst_port: 1024,
+            len,
+            type_: TYPE_STREAM,
+            op: OP_RW,
+            flags: 0,
+            buf_alloc: 4096,
+            fwd_cnt: 7,
+        }
+    }
+
+    fn read_tx(mem: &GuestMemory, descs: &[RawDescriptor]) -> Result<TxPacket, PacketError> {
+        let vq = MockSplitQueue::new(mem, 16);
+        TxPacket::read(mem, vq.build_desc_chain(descs).unwrap())
+    }
+
+    fn rx_buffer(mem: &GuestMemory, descs: &[RawDescriptor]) -> Result<RxBuffer, PacketError> {
+        let vq = MockSplitQueue::new(mem, 16);
+        RxBuffer::new(mem, vq.build_desc_chain(descs).unwrap())
+    }
+
+    #[test]
+    fn header_layout_is_little_endian() {
+        let hdr = header(5);
+        let raw = hdr.to_bytes();
+        assert_eq!(&raw[0..8], &3u64.to_le_bytes());
+        assert_eq!(&raw[24..28], &5u32.to_le_bytes());
+        assert_eq!(&raw[30..32], &OP_RW.to_le_bytes());
+        assert_eq!(&raw[40..44], &7u32.to_le_bytes());
+        assert_eq!(Header::from_bytes(&raw), hdr);
+    }
+
+    #[test]
+    fn reads_a_packet_split_anywhere() {
+        let mem = memory();
+        let raw = header(5).to_bytes();
+        mem.write_slice(&raw[..20], GuestAddress(BUF)).unwrap();
+        mem.write_slice(&raw[20..], GuestAddress(BUF + 0x100))
+            .unwrap();
+        mem.write_slice(b"hel", GuestAddress(BUF + 0x200)).unwrap();
+        mem.write_slice(b"lo", GuestAddress(BUF + 0x300)).unwrap();
+        let pkt = read_tx(
+            &mem,
+            &[
+                desc(BUF, 20, 0),
+                desc(BUF + 0x100, 24, 0),
+                desc(BUF + 0x200, 3, 0),
+                desc(BUF + 0x300, 100, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(pkt.hdr, header(5));
+        assert_eq!(pkt.data, b"hello");
+    }
+
+    #[test]
+    fn refuses_malformed_tx_chains() {
+        let mem = memory();
+        mem.write_slice(&header(16).to_bytes(), GuestAddress(BUF))
+            .unwrap();
+        let cases = [
+            (
+                vec![desc(0x1f_fff0, 64, 0)],
+                PacketError::OutOfMemory {
+                    addr: 0x1f_fff0,
+                    len: 64,
+                },
+            ),
+            (
+                vec![desc(BUF, u32::MAX, 0)],
+                PacketError::OutOfMemory {
+                    addr: BUF,
+                    len: u32::MAX,
+                },
+            ),
+            (
+                vec![desc(u64::MAX - 8, 44, 0)],
+                PacketError::OutOfMemory {
+                    addr: u64::MAX - 8,
+                    len: 44,
+                },
+            ),
+            (
+                vec![desc(BUF, 44, 0), desc(BUF + 44, 16, VRING_DESC_F_WRITE)],
+                PacketError::WritableOnTx,
+            ),
+            (vec![desc(BUF, 40, 0)], PacketError::ShortHeader(40)),
+            (
+                vec![desc(BUF, 44, 0), desc(BUF + 44, 15, 0)],
+                PacketError::LenBeyondChain { len: 16, avail: 15 },
+            ),
+        ];
+        for (descs, want) in cases {
+            assert_eq!(read_tx(&mem, &descs).unwrap_err(), want, "{descs:?}");
+        }
+        mem.write_slice(&header(u32::MAX).to_bytes(), GuestAddress(BUF))
+            .unwrap();
+        assert_eq!(
+            read_tx(&mem, &[desc(BUF, 0x1000, 0)]).unwrap_err(),
+            PacketError::Oversized(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn a_looping_chain_ends() {
+        let mem = memory();
+        mem.write_slice(&header(0).to_bytes(), GuestAddress(BUF))
+            .unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        // 0 -> 1 -> 0 -> ...: the chain iterator stops after 16 descriptors.
+        let looped = [
+            RawDescriptor::from(Descriptor::new(BUF, 44, VRING_DESC_F_NEXT as u16, 1)),
+            RawDescriptor::from(Descriptor::new(BUF, 44, VRING_DESC_F_NEXT as u16, 0)),
+        ];
+        vq.add_desc_chains(&looped, 0).unwrap();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        let chain = queue.pop_descriptor_chain(&mem).unwrap();
+        let pkt = TxPacket::read(&mem, chain).unwrap();
+        assert_eq!(pkt.hdr.len, 0);
+    }
+
+    #[test]
+    fn writes_a_packet_across_descriptors() {
+        let mem = memory();
+        let buf = rx_buffer(
+            &mem,
+            &[
+                desc(BUF, 30, VRING_DESC_F_WRITE),
+                desc(BUF + 0x100, 20, VRING_DESC_F_WRITE),
+                desc(BUF + 0x200, 4, VRING_DESC_F_WRITE),
+            ],
+        )
+        .unwrap();
+        assert_eq!(buf.data_capacity(), 10);
+        // Data beyond the capacity is cut, and hdr.len follows.
+        let written = buf.write(&mem, &header(99), b"0123456789AB").unwrap();
+        assert_eq!(written, 54);
+        let mut raw = [0u8; HDR_SIZE];
+        mem.read_slice(&mut raw[..30], GuestAddress(BUF)).unwrap();
+        mem.read_slice(&mut raw[30..], GuestAddress(BUF + 0x100))
+            .unwrap();
+        assert_eq!(Header::from_bytes(&raw), header(10));
+        let mut data = [0u8; 10];
+        mem.read_slice(&mut data[..6], GuestAddress(BUF + 0x10e))
+            .unwrap();
+        mem.read_slice(&mut data[6..], GuestAddress(BUF + 0x200))
+            .unwrap();
+        assert_eq!(&data, b"0123456789");
+    }
+
+    #[test]
+    fn caps_the_rx_payload() {
+        let mem = memory();
+        let buf = rx_buffer(&mem, &[desc(BUF, 0x10_0000, VRING_DESC_F_WRITE)]).unwrap();
+        assert_eq!(buf.data_capacity(), MAX_PKT_DATA);
+    }
+
+    #[test]
+    fn refuses_malformed_rx_chains() {
+        let mem = memory();
+        let cases = [
+            (
+                vec![desc(BUF, 64, VRING_DESC_F_WRITE), desc(BUF + 64, 64, 0)],
+                PacketError::ReadableOnRx,
+            ),
+            (
+                vec![desc(0x1f_fff0, 64, VRING_DESC_F_WRITE)],
+                PacketError::OutOfMemory {
+                    addr: 0x1f_fff0,
+                    len: 64,
+                },
+            ),
+            (
+                vec![desc(BUF, 43, VRING_DESC_F_WRITE)],
+                PacketError::ShortHeader(43),
+            ),
+        ];
+        for (descs, want) in cases {
+            assert_eq!(rx_buffer(&mem, &descs).unwrap_err(), want, "{descs:?}");
+        }
+    }
+}
