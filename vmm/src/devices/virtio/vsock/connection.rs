@@ -23,7 +23,7 @@ use super::packet::*;
 pub const CONN_BUF_SIZE: u32 = 256 * 1024;
 /// Once this much data has been forwarded without the guest hearing about
 /// it, a CREDIT_UPDATE is sent, so a guest waiting for credit never starves.
-const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
+pub(super) const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {

@@ -16,6 +16,8 @@ mod backend;
 mod connection;
 mod handshake;
 mod packet;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::path::{Path, PathBuf};
