@@ -7,7 +7,7 @@
 //! it for the next packet owed to the guest ([`Connection::next_packet`]).
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,6 +24,26 @@ pub const CONN_BUF_SIZE: u32 = 256 * 1024;
 /// Once this much data has been forwarded without the guest hearing about
 /// it, a CREDIT_UPDATE is sent, so a guest waiting for credit never starves.
 pub(super) const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
+
+/// Writes to a stream whose peer may be gone: EPIPE, never SIGPIPE, whatever
+/// the process's signal disposition.
+fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes and the fd stays open for the
+    // call; the result is checked.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -314,7 +334,7 @@ impl Connection {
     fn flush(&mut self) {
         while !self.to_host.is_empty() && !self.host_write_closed {
             let (front, _) = self.to_host.as_slices();
-            match (&self.stream).write(front) {
+            match send_nosignal(&self.stream, front) {
                 Ok(n) => {
                     self.to_host.drain(..n);
                     let ours = n.min(self.preamble);

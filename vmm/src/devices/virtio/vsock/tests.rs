@@ -16,7 +16,7 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::Timeouts;
+use super::backend::{Timeouts, MAX_CONNECTIONS};
 use super::connection::{CONN_BUF_SIZE, CREDIT_UPDATE_THRESHOLD};
 use super::packet::*;
 use super::*;
@@ -779,4 +779,64 @@ fn dropping_an_active_device_removes_its_socket() {
     drop(dev);
     assert!(!path.exists());
     assert_eof(&mut host);
+}
+
+#[test]
+fn connections_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = socket_path(&dir);
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(60),
+        ..Timeouts::default()
+    };
+    let mut dev = Vsock::with_timeouts(GUEST_CID, &path, timeouts).unwrap();
+    // No rx buffers: every connection stays waiting for the guest.
+    let _guest = Guest::activate_with(&mut dev, 0);
+    let mut open = Vec::new();
+    for batch in 0..MAX_CONNECTIONS / 32 {
+        for i in 0..32 {
+            open.push(connect(&path, (batch * 32 + i) as u32));
+        }
+        // Paced below the handshake limit.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut refused = connect(&path, 9999);
+    assert_eof(&mut refused);
+    for stream in &open {
+        stream.set_nonblocking(true).unwrap();
+        let err = (&*stream).read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock);
+    }
+}
+
+#[test]
+fn host_data_sent_before_ok_is_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = socket_path(&dir);
+    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let mut guest = Guest::activate(&mut dev);
+    let mut host = UnixStream::connect(&path).unwrap();
+    host.set_read_timeout(Some(WAIT)).unwrap();
+    host.write_all(b"CONNECT 1024\nearly").unwrap();
+    let req = guest.expect_op(OP_REQUEST);
+    guest.send(pkt(OP_RESPONSE, 1024, req.src_port), &[]);
+    assert_eq!(read_line(&mut host), format!("OK {}", req.src_port));
+    let (hdr, data) = guest.recv();
+    assert_eq!((hdr.op, data.as_slice()), (OP_RW, &b"early"[..]));
+}
+
+#[test]
+fn silent_host_connections_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = socket_path(&dir);
+    let timeouts = Timeouts {
+        handshake: Duration::from_millis(100),
+        ..Timeouts::default()
+    };
+    let mut dev = Vsock::with_timeouts(GUEST_CID, &path, timeouts).unwrap();
+    let _guest = Guest::activate(&mut dev);
+    let mut silent = UnixStream::connect(&path).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    silent.write_all(b"CONN").unwrap();
+    assert_eof(&mut silent);
 }
