@@ -16,6 +16,7 @@ use crate::config::{Console, VmConfig};
 use crate::devices::serial::{SerialConsole, COM1_BASE, COM1_LEN};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::{SocketFile, Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusError};
 use crate::memory::{self, GuestMemory, MemoryError};
@@ -52,6 +53,8 @@ pub enum BuildError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Mmio(#[from] MmioError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("no room for another virtio-mmio device (interrupt lines {first}-{last} are taken)")]
     NoDeviceSlot { first: u32, last: u32 },
     #[error("cannot start a vCPU thread: {0}")]
@@ -89,6 +92,9 @@ pub struct Vmm {
     mmio: Bus,
     vcpus: Vec<Vcpu>,
     panicked: Arc<AtomicBool>,
+    /// Removed on every exit: the vCPU threads still hold the devices then,
+    /// so the devices' own drop never runs.
+    socket_files: Vec<SocketFile>,
 }
 
 pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
@@ -115,6 +121,12 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
     pio.insert(Arc::new(Mutex::new(console)), COM1_BASE, COM1_LEN)?;
 
     let mut slots = VirtioSlots::default();
+    let mut socket_files = Vec::new();
+    if let Some(vsock) = &cfg.vsock {
+        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)?;
+        socket_files.push(device.socket_file());
+        slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(device))?;
+    }
     for disk in &cfg.disks {
         let block = Block::new(&disk.path, disk.read_only)?;
         slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(block))?;
@@ -137,6 +149,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         mmio,
         vcpus,
         panicked,
+        socket_files,
     })
 }
 
@@ -165,15 +178,25 @@ impl VirtioSlots {
                 last: layout::IRQ_LAST_DEVICE,
             });
         }
-        let base = layout::VIRTIO_MMIO_START + u64::from(self.count) * layout::VIRTIO_MMIO_SLOT_SIZE;
+        let base =
+            layout::VIRTIO_MMIO_START + u64::from(self.count) * layout::VIRTIO_MMIO_SLOT_SIZE;
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         vm.register_irq(&irq_evt, irq)?;
         let transport = MmioTransport::new(mem.clone(), device, irq_evt)?;
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             vm.register_mmio_doorbell(evt, base + NOTIFY_OFFSET, queue as u32)?;
         }
-        tracing::debug!(base, irq, device_type = transport.device_type(), "virtio-mmio device");
-        mmio.insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SLOT_SIZE)?;
+        tracing::debug!(
+            base,
+            irq,
+            device_type = transport.device_type(),
+            "virtio-mmio device"
+        );
+        mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            base,
+            layout::VIRTIO_MMIO_SLOT_SIZE,
+        )?;
         cmdline.insert(
             "virtio_mmio.device",
             &format!("{}K@{base:#x}:{irq}", layout::VIRTIO_MMIO_SLOT_SIZE >> 10),
@@ -258,6 +281,9 @@ impl Vmm {
             Ok(Event::Signal(sig)) => Outcome::Signalled(sig as i32),
             Err(_) => Outcome::Failed("all vCPU threads ended without a reason".into()),
         };
+        for file in &self.socket_files {
+            file.remove();
+        }
         Ok(outcome)
     }
 }

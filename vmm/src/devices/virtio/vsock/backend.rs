@@ -58,14 +58,33 @@ impl Default for Timeouts {
     }
 }
 
+/// The socket file a listener was bound to, identified by (device, inode)
+/// so that only our own file is removed, not one a successor bound at the
+/// same path.
+#[derive(Debug, Clone)]
+pub struct SocketFile {
+    path: PathBuf,
+    file_id: (u64, u64),
+}
+
+impl SocketFile {
+    /// Removes the file if it is still the one we bound.
+    pub fn remove(&self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file_id);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove vsock socket");
+            }
+        }
+    }
+}
+
 /// The bound listening socket; removes its file when dropped.
 #[derive(Debug)]
 struct Listener {
     listener: UnixListener,
-    path: PathBuf,
-    /// (device, inode) of the socket file, so that only our own file is
-    /// removed, not one a successor bound at the same path.
-    file_id: (u64, u64),
+    file: SocketFile,
 }
 
 impl Listener {
@@ -103,11 +122,13 @@ impl Listener {
         };
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         let listener = Self {
-            file_id: std::fs::metadata(path)
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(bind_err)?,
+            file: SocketFile {
+                file_id: std::fs::metadata(path)
+                    .map(|m| (m.dev(), m.ino()))
+                    .map_err(bind_err)?,
+                path: path.to_owned(),
+            },
             listener,
-            path: path.to_owned(),
         };
         listener.listener.set_nonblocking(true).map_err(bind_err)?;
         Ok(listener)
@@ -116,13 +137,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let ours =
-            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file_id);
-        if ours {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove vsock socket");
-            }
-        }
+        self.file.remove();
     }
 }
 
@@ -216,6 +231,10 @@ impl Backend {
             rst_queue: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
         })
+    }
+
+    pub fn socket_file(&self) -> SocketFile {
+        self.listener.file.clone()
     }
 
     pub fn listener_fd(&self) -> RawFd {
@@ -452,7 +471,7 @@ impl Backend {
             self.reply_rst(req);
             return;
         }
-        let mut path = OsString::from(self.listener.path.as_os_str());
+        let mut path = OsString::from(self.listener.file.path.as_os_str());
         path.push(format!("_{}", req.dst_port));
         match connect_nonblocking(Path::new(&path)) {
             Ok(stream) => {

@@ -22,6 +22,8 @@ mod worker;
 
 use std::path::{Path, PathBuf};
 
+pub use backend::SocketFile;
+
 use backend::{Backend, Timeouts};
 use worker::{WorkerHandle, NUM_QUEUES};
 
@@ -62,6 +64,7 @@ pub enum VsockError {
 pub struct Vsock {
     guest_cid: u64,
     uds_path: PathBuf,
+    socket_file: SocketFile,
     /// Here while the device is not running; with the worker while it is.
     backend: Option<Backend>,
     worker: Option<WorkerHandle>,
@@ -91,6 +94,7 @@ impl Vsock {
         Ok(Self {
             guest_cid,
             uds_path: uds_path.to_owned(),
+            socket_file: backend.socket_file(),
             backend: Some(backend),
             worker: None,
         })
@@ -102,6 +106,12 @@ impl Vsock {
 
     pub fn uds_path(&self) -> &Path {
         &self.uds_path
+    }
+
+    /// The listening socket's file, for an owner that must remove it on an
+    /// exit path where the device itself is never dropped.
+    pub fn socket_file(&self) -> SocketFile {
+        self.socket_file.clone()
     }
 }
 
