@@ -1,0 +1,10 @@
+//! kata-rs, the runtime: the OCI command line and (later) the containerd
+//! shim, on top of the microVM sandbox.
+//!
+//! - [`config`]: the TOML configuration;
+//! - [`kvm`]: what kind of KVM the host has;
+//! - [`check`]: `kata-rs check`, what this host can run.
+
+pub mod check;
+pub mod config;
+pub mod kvm;
