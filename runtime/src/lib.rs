@@ -3,8 +3,10 @@
 //!
 //! - [`config`]: the TOML configuration;
 //! - [`kvm`]: what kind of KVM the host has;
-//! - [`check`]: `kata-rs check`, what this host can run.
+//! - [`check`]: `kata-rs check`, what this host can run;
+//! - [`sandbox`]: a VM sandbox: the VMM process and the agent in it.
 
 pub mod check;
 pub mod config;
 pub mod kvm;
+pub mod sandbox;

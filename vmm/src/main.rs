@@ -26,6 +26,9 @@ struct Args {
     /// devices are appended to either way.
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
+    /// Arguments added after the command line (default or --cmdline).
+    #[arg(long)]
+    cmdline_append: Option<String>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
     vcpus: u8,
@@ -59,7 +62,10 @@ fn main() {
     let cfg = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
-        cmdline: args.cmdline,
+        cmdline: match args.cmdline_append {
+            Some(extra) => format!("{} {extra}", args.cmdline),
+            None => args.cmdline,
+        },
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
         console: args.console,

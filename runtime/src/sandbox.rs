@@ -1,0 +1,218 @@
+//! A VM sandbox as the runtime sees it: one `kata-rs-vmm` process in its own
+//! session, its hybrid vsock socket and console log in the sandbox
+//! directory, and the agent reached through that socket.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
+
+use crate::config::{resolve_program, Hypervisor};
+
+/// How often the agent is asked for while it boots.
+const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Bound for one hybrid vsock handshake attempt.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a VMM has to exit after DestroySandbox before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the VMM {0} was not found (set hypervisor.vmm in the configuration)")]
+    VmmNotFound(PathBuf),
+    #[error("cannot prepare the sandbox directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the VMM {path}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VMM exited with {status} before the agent answered; {console}")]
+    VmmExited { status: ExitStatus, console: String },
+    #[error("the agent did not answer within {0:?}; {1}")]
+    AgentTimeout(Duration, String),
+    #[error("agent request {what} failed")]
+    Rpc {
+        what: &'static str,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error("waiting for the VMM failed")]
+    Wait(#[source] std::io::Error),
+}
+
+/// What to boot, beyond the configuration's defaults.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub vcpus: u8,
+    pub memory_mib: u64,
+}
+
+impl SandboxSpec {
+    pub fn from_config(hv: &Hypervisor) -> Self {
+        Self {
+            vcpus: hv.vcpus,
+            memory_mib: hv.memory_mib,
+        }
+    }
+}
+
+pub struct VmSandbox {
+    vmm: Child,
+    dir: PathBuf,
+    uds: PathBuf,
+    console: PathBuf,
+}
+
+impl VmSandbox {
+    /// Starts the VMM for a sandbox living in `dir` (created if needed).
+    pub fn start(hv: &Hypervisor, spec: &SandboxSpec, dir: &Path) -> Result<Self, SandboxError> {
+        let vmm = resolve_program(&hv.vmm).ok_or_else(|| SandboxError::VmmNotFound(hv.vmm.clone()))?;
+        std::fs::create_dir_all(dir).map_err(|source| SandboxError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let uds = dir.join("vsock.sock");
+        let console = dir.join("console.log");
+        let vmm_log = File::create(dir.join("vmm.log")).map_err(|source| SandboxError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut cmd = Command::new(&vmm);
+        cmd.arg("--kernel")
+            .arg(&hv.kernel)
+            .arg("--initrd")
+            .arg(&hv.initrd)
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--memory-mib")
+            .arg(spec.memory_mib.to_string())
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .arg("--console")
+            .arg(&console)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(vmm_log);
+        if !hv.kernel_params.is_empty() {
+            cmd.arg("--cmdline-append").arg(&hv.kernel_params);
+        }
+        // Its own session: the VMM must outlive a CLI that is interrupted,
+        // and not receive the terminal's signals.
+        // SAFETY: setsid is async-signal-safe and touches no Rust state.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| SandboxError::Spawn { path: vmm, source })?;
+        tracing::info!(pid = child.id(), dir = %dir.display(), "VMM started");
+        Ok(Self {
+            vmm: child,
+            dir: dir.to_owned(),
+            uds,
+            console,
+        })
+    }
+
+    pub fn vmm_pid(&self) -> u32 {
+        self.vmm.id()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn vsock_uds(&self) -> &Path {
+        &self.uds
+    }
+
+    /// Waits until the agent answers a health check, polling through the
+    /// hybrid socket while the guest boots.
+    pub fn wait_for_agent(&mut self, timeout: Duration) -> Result<AgentClient, SandboxError> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::from("no attempt made");
+        while Instant::now() < deadline {
+            if let Some(status) = self.vmm.try_wait().map_err(SandboxError::Wait)? {
+                return Err(SandboxError::VmmExited {
+                    status,
+                    console: self.console_tail(),
+                });
+            }
+            match AgentClient::connect_hybrid(&self.uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT) {
+                Ok(client) => {
+                    let req = kata_rs_protocol::health::CheckRequest::new();
+                    match client.health.check(ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64), &req) {
+                        Ok(_) => return Ok(client),
+                        Err(e) => last_error = format!("health check: {e}"),
+                    }
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+            std::thread::sleep(AGENT_POLL_INTERVAL);
+        }
+        Err(SandboxError::AgentTimeout(
+            timeout,
+            format!("last error: {last_error}; {}", self.console_tail()),
+        ))
+    }
+
+    /// Asks the agent to shut the guest down and waits for the VMM to exit;
+    /// kills it if it does not within the grace period.
+    pub fn destroy(mut self, client: &AgentClient) -> Result<ExitStatus, SandboxError> {
+        let req = kata_rs_protocol::agent::DestroySandboxRequest::new();
+        let ctx = ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64);
+        if let Err(e) = client.agent.destroy_sandbox(ctx, &req) {
+            tracing::warn!(error = %e, "DestroySandbox failed; killing the VMM");
+            let _ = self.vmm.kill();
+        }
+        self.wait_exit(SHUTDOWN_GRACE)
+    }
+
+    /// Waits up to `grace` for the VMM to exit, then kills it.
+    fn wait_exit(&mut self, grace: Duration) -> Result<ExitStatus, SandboxError> {
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.vmm.try_wait().map_err(SandboxError::Wait)? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(pid = self.vmm.id(), "VMM did not exit in time; killing it");
+                let _ = self.vmm.kill();
+                return self.vmm.wait().map_err(SandboxError::Wait);
+            }
+            std::thread::sleep(AGENT_POLL_INTERVAL);
+        }
+    }
+
+    /// The last lines of the guest console, for error messages.
+    pub fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(5).collect();
+        if lines.is_empty() {
+            return format!("the guest console ({}) is empty", self.console.display());
+        }
+        let tail: Vec<&str> = lines.into_iter().rev().collect();
+        format!("guest console ends with: {}", tail.join(" | "))
+    }
+}
+
+impl Drop for VmSandbox {
+    /// A sandbox dropped without a clean destroy must not leave its VMM
+    /// running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.vmm.try_wait() {
+            let _ = self.vmm.kill();
+            let _ = self.vmm.wait();
+        }
+    }
+}

@@ -1,0 +1,54 @@
+# Shared by tests/setup.sh, tests/run.sh and the benchmarks: installs what
+# kata-rs needs on a Debian 12 host and builds every artefact. Source it.
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Debian packages: kernel builds (linux-source-6.12 and its toolchain),
+# the initrd (cpio, python3), the emulated KVM host and the QEMU reference
+# (qemu-system-x86), virtiofsd's build (libseccomp, libcap-ng), and the test
+# images (busybox-static, e2fsprogs).
+KATA_RS_PACKAGES=(
+    linux-source-6.12 flex bison bc libelf-dev libssl-dev build-essential
+    cpio python3 qemu-system-x86 busybox-static e2fsprogs
+    libseccomp-dev libcap-ng-dev pkg-config
+)
+VIRTIOFSD_VERSION=1.14.0
+
+log() { echo "kata-rs: $*" >&2; }
+
+install_packages() {
+    local missing=() p
+    for p in "${KATA_RS_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+install_virtiofsd() {
+    if [ -x /usr/local/bin/virtiofsd ] && /usr/local/bin/virtiofsd --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
+        return 0
+    fi
+    log "building virtiofsd $VIRTIOFSD_VERSION"
+    cargo install --quiet --locked --root /usr/local --version "$VIRTIOFSD_VERSION" virtiofsd
+}
+
+# Exports KATA_RS_KERNEL_DIR: vmlinux, bzImage and config of the guest kernel.
+build_guest_kernel() {
+    KATA_RS_KERNEL_DIR=$("$repo_root/guest-kernel-config/build.sh")
+    export KATA_RS_KERNEL_DIR
+}
+
+# Exports KATA_RS_INITRD: the guest initrd with the static agent as /init.
+build_initrd() {
+    KATA_RS_INITRD=$("$repo_root/rootfs-builder/build.sh")
+    export KATA_RS_INITRD
+}
+
+install_all() {
+    install_packages
+    install_virtiofsd
+}
