@@ -1,1 +1,146 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: where the artefacts under test
+//! are, whether this host's KVM can boot them, and a handle on a running
+//! `kata-rs-vmm` with its console.
+//!
+//! tests/run.sh builds the artefacts and exports their paths; VM tests are
+//! `#[ignore]`d in a plain `cargo test` and run by tests/run.sh with
+//! `--ignored` where KVM boots a standard guest (hardware, or the emulated
+//! KVM host).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kata_rs::config::Hypervisor;
+
+/// An artefact exported by tests/run.sh.
+pub fn artefact(var: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: run the VM tests through tests/run.sh"));
+    assert!(path.exists(), "{var}={} does not exist", path.display());
+    path
+}
+
+pub fn vmm_binary() -> PathBuf {
+    artefact("KATA_RS_TEST_VMM")
+}
+
+pub fn kernel() -> PathBuf {
+    artefact("KATA_RS_TEST_KERNEL")
+}
+
+pub fn agent_initrd() -> PathBuf {
+    artefact("KATA_RS_TEST_INITRD")
+}
+
+pub fn probe_initrd() -> PathBuf {
+    artefact("KATA_RS_TEST_PROBE_INITRD")
+}
+
+/// The runtime's hypervisor configuration pointing at the artefacts.
+pub fn hypervisor(vcpus: u8, memory_mib: u64) -> Hypervisor {
+    Hypervisor {
+        vmm: vmm_binary(),
+        kernel: kernel(),
+        initrd: agent_initrd(),
+        vcpus,
+        memory_mib,
+        kernel_params: String::new(),
+    }
+}
+
+/// Generous bound for a boot: inside the emulated KVM host everything runs
+/// 20-50 times slower than on hardware.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A `kata-rs-vmm` process started by a test, with its console in a file.
+pub struct VmmProcess {
+    pub child: Child,
+    pub console: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl VmmProcess {
+    /// Starts the VMM with `args` (kernel, console and stderr files added).
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        let console = dir.join("console.log");
+        let stderr = dir.join("vmm.stderr");
+        let child = Command::new(vmm_binary())
+            .arg("--kernel")
+            .arg(kernel())
+            .arg("--console")
+            .arg(&console)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start kata-rs-vmm");
+        Self {
+            child,
+            console,
+            stderr,
+        }
+    }
+
+    /// Waits for the VMM to exit, killing it after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "kata-rs-vmm did not exit within {timeout:?}; console:\n{}",
+                    self.console_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The `PROBE ...` lines the guest probe printed, without the prefix.
+    pub fn probe_lines(&self) -> Vec<String> {
+        self.console_text()
+            .lines()
+            .filter_map(|l| l.trim_end_matches('\r').split_once("PROBE ").map(|(_, r)| r.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the VMM to completion with `args` (bad-input tests).
+pub fn run_vmm(args: &[&str]) -> Output {
+    Command::new(vmm_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kata-rs-vmm")
+}
+
+/// Whether a process with this pid is still alive (zombies count as gone).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}

@@ -98,16 +98,16 @@ pub struct Vmm {
 }
 
 pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
-    let vm = Vm::new(cfg.vcpus)?;
+    // Files first: bad input is reported the same with or without KVM.
     let mem = memory::create_guest_memory(cfg.memory_mib)?;
-    vm.map_memory(&mem)?;
-
     let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
     let initrd = cfg
         .initrd
         .as_deref()
         .map(|path| boot::load_initrd(&mem, &kernel, path))
         .transpose()?;
+    let vm = Vm::new(cfg.vcpus)?;
+    vm.map_memory(&mem)?;
 
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE)?;
     cmdline.insert_str(&cfg.cmdline)?;
