@@ -127,19 +127,29 @@ fn mount_all(mounts: &[Mount]) -> Result<(), Error> {
             source,
         })?;
         let data = (!m.data.is_empty()).then_some(m.data);
-        mount(
+        match mount(
             Some(m.fstype),
             Path::new(m.target),
             Some(m.fstype),
             m.flags,
             data,
-        )
-        .map_err(|source| Error::Mount {
-            fstype: m.fstype,
-            target: m.target,
-            source,
-        })?;
-        tracing::debug!(fstype = m.fstype, target = m.target, "mounted");
+        ) {
+            Ok(()) => tracing::debug!(fstype = m.fstype, target = m.target, "mounted"),
+            // The kernel refuses to mount a single-instance filesystem
+            // (devtmpfs) where it is already mounted: something before us
+            // (devtmpfs.mount, a host running us in a namespace) did the
+            // job.
+            Err(Errno::EBUSY) => {
+                tracing::debug!(fstype = m.fstype, target = m.target, "already mounted")
+            }
+            Err(source) => {
+                return Err(Error::Mount {
+                    fstype: m.fstype,
+                    target: m.target,
+                    source,
+                })
+            }
+        }
     }
     Ok(())
 }
