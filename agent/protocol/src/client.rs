@@ -2,7 +2,7 @@
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::agent_ttrpc::AgentServiceClient;
@@ -12,9 +12,9 @@ use crate::hybrid;
 /// Why a connection to the agent could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("hybrid vsock handshake with {uds} for port {port}")]
+    #[error("hybrid vsock handshake with {} for port {port}", .uds.display())]
     Handshake {
-        uds: String,
+        uds: PathBuf,
         port: u32,
         #[source]
         source: std::io::Error,
@@ -48,7 +48,7 @@ impl AgentClient {
     pub fn connect_hybrid(uds: &Path, port: u32, timeout: Duration) -> Result<Self, ClientError> {
         let stream =
             hybrid::connect(uds, port, timeout).map_err(|source| ClientError::Handshake {
-                uds: uds.display().to_string(),
+                uds: uds.to_owned(),
                 port,
                 source,
             })?;

@@ -11,6 +11,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, UnixAddr};
+
 /// Longest reply line accepted, newline included: `OK ` plus a u32 needs 14
 /// bytes. The bound keeps a misbehaving peer from making us buffer forever.
 pub const MAX_REPLY_LEN: usize = 32;
@@ -18,7 +21,7 @@ pub const MAX_REPLY_LEN: usize = 32;
 /// Connects to guest vsock `port` through the hybrid vsock socket `uds`.
 ///
 /// The whole handshake (connect, request, reply) must finish within
-/// `timeout`. On success the returned stream is positioned right after the
+/// `timeout`, including a connect to a VMM whose accept backlog is full. On success the returned stream is positioned right after the
 /// reply line and has no read/write timeouts set.
 ///
 /// Errors carry the kind of failure: `TimedOut` when no full reply arrived in
@@ -27,7 +30,7 @@ pub const MAX_REPLY_LEN: usize = 32;
 /// `OK <u32>\n`, quoting what was received.
 pub fn connect(uds: &Path, port: u32, timeout: Duration) -> io::Result<UnixStream> {
     let deadline = Instant::now() + timeout;
-    let mut stream = UnixStream::connect(uds).map_err(|e| {
+    let mut stream = connect_unix(uds, deadline).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("connecting to hybrid vsock socket {}: {e}", uds.display()),
@@ -49,6 +52,42 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> io::Result<UnixStrea
     // not inherit the handshake's deadline.
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
+    Ok(stream)
+}
+
+/// Connects to a Unix socket by `deadline`. A plain blocking connect waits
+/// without limit while the listener's accept backlog is full (a VMM that
+/// stopped accepting), so the socket is non-blocking and EAGAIN is retried
+/// until the deadline.
+fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    /// Retry period while the backlog is full: short against handshake
+    /// timeouts of seconds, long enough not to spin.
+    const RETRY: Duration = Duration::from_millis(5);
+    let addr = UnixAddr::new(path)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    loop {
+        match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+            Ok(()) => break,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let left = deadline
+                    .checked_duration_since(Instant::now())
+                    .filter(|left| !left.is_zero())
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::TimedOut, "accept backlog full until timeout")
+                    })?;
+                std::thread::sleep(left.min(RETRY));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
     Ok(stream)
 }
 
@@ -261,6 +300,36 @@ mod tests {
         server.join().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("exceeds 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn full_accept_backlog_times_out() {
+        use nix::sys::socket::{bind, listen, Backlog};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            &UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        // A backlog of 0 holds one pending connection; never accepting
+        // leaves every later connect waiting for room.
+        listen(&listener, Backlog::new(0).unwrap()).unwrap();
+        let _pending = UnixStream::connect(&path).unwrap();
+
+        let start = Instant::now();
+        let err = connect(&path, 1024, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(err.to_string().contains("busy.sock"), "{err}");
+        assert!(err.to_string().contains("backlog"), "{err}");
     }
 
     #[test]
