@@ -1,1 +1,25 @@
-//! The agent protocol.
+//! The protocol between the kata-rs runtime (host) and its guest agent.
+//!
+//! The services are defined in `protos/` and compiled at build time into
+//! protobuf messages and ttrpc (sync) clients and servers:
+//!
+//! - [`health`] / [`health_ttrpc`]: `Health { Check, Version }`
+//! - [`agent`] / [`agent_ttrpc`]: `AgentService { GetGuestDetails, DestroySandbox }`
+//!
+//! The host reaches the agent through the VMM's hybrid vsock Unix socket
+//! ([`hybrid::connect`]), then speaks ttrpc over that stream ([`AgentClient`]).
+
+include!(concat!(env!("OUT_DIR"), "/modules.rs"));
+
+mod client;
+pub mod hybrid;
+
+pub use client::{AgentClient, ClientError};
+
+/// The vsock port the agent serves ttrpc on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Revision of the protocol in `protos/`, reported by `Health.Version`.
+/// Bump it on any change a peer built from an older revision cannot decode
+/// or would misread.
+pub const PROTOCOL_VERSION: u32 = 1;

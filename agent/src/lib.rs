@@ -1,0 +1,12 @@
+//! The kata-rs guest agent: PID 1 of the microVM and the ttrpc server the
+//! runtime talks to over vsock.
+//!
+//! The binary (`src/main.rs`) wires these pieces together; they live in a
+//! library so the container engine added later can use the [`reaper`] and
+//! the services can be tested without booting a VM.
+
+pub mod cmdline;
+pub mod guest;
+pub mod init;
+pub mod reaper;
+pub mod service;
