@@ -80,7 +80,10 @@ fn boot_check_in(config: &Config, timeout: Duration, dir: &Path) -> Result<()> {
         spec.memory_mib
     );
     let client = sandbox.wait_for_agent(timeout)?;
-    println!("boot: agent answered its health check (SERVING) after {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "boot: agent answered its health check (SERVING) after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let ctx = || ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
     let version = client
         .health
@@ -101,7 +104,10 @@ fn boot_check_in(config: &Config, timeout: Duration, dir: &Path) -> Result<()> {
         details.kernel_release
     );
     let status = sandbox.destroy(&client)?;
-    anyhow::ensure!(status.success(), "the VMM exited with {status} after DestroySandbox");
+    anyhow::ensure!(
+        status.success(),
+        "the VMM exited with {status} after DestroySandbox"
+    );
     println!("boot: DestroySandbox: the VM shut down and the VMM exited cleanly");
     Ok(())
 }

@@ -75,7 +75,8 @@ pub struct VmSandbox {
 impl VmSandbox {
     /// Starts the VMM for a sandbox living in `dir` (created if needed).
     pub fn start(hv: &Hypervisor, spec: &SandboxSpec, dir: &Path) -> Result<Self, SandboxError> {
-        let vmm = resolve_program(&hv.vmm).ok_or_else(|| SandboxError::VmmNotFound(hv.vmm.clone()))?;
+        let vmm =
+            resolve_program(&hv.vmm).ok_or_else(|| SandboxError::VmmNotFound(hv.vmm.clone()))?;
         std::fs::create_dir_all(dir).map_err(|source| SandboxError::Dir {
             path: dir.to_owned(),
             source,
@@ -114,7 +115,9 @@ impl VmSandbox {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| SandboxError::Spawn { path: vmm, source })?;
+        let child = cmd
+            .spawn()
+            .map_err(|source| SandboxError::Spawn { path: vmm, source })?;
         tracing::info!(pid = child.id(), dir = %dir.display(), "VMM started");
         Ok(Self {
             vmm: child,
@@ -151,7 +154,10 @@ impl VmSandbox {
             match AgentClient::connect_hybrid(&self.uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT) {
                 Ok(client) => {
                     let req = kata_rs_protocol::health::CheckRequest::new();
-                    match client.health.check(ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64), &req) {
+                    match client.health.check(
+                        ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64),
+                        &req,
+                    ) {
                         Ok(_) => return Ok(client),
                         Err(e) => last_error = format!("health check: {e}"),
                     }

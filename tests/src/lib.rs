@@ -115,7 +115,11 @@ impl VmmProcess {
     pub fn probe_lines(&self) -> Vec<String> {
         self.console_text()
             .lines()
-            .filter_map(|l| l.trim_end_matches('\r').split_once("PROBE ").map(|(_, r)| r.to_owned()))
+            .filter_map(|l| {
+                l.trim_end_matches('\r')
+                    .split_once("PROBE ")
+                    .map(|(_, r)| r.to_owned())
+            })
             .collect()
     }
 }
@@ -141,6 +145,9 @@ pub fn run_vmm(args: &[&str]) -> Output {
 /// Whether a process with this pid is still alive (zombies count as gone).
 pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }

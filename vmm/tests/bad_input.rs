@@ -60,7 +60,10 @@ fn assert_one_error(out: &Output, what: &str) {
 
 #[test]
 fn missing_kernel() {
-    assert_one_error(&vmm(&["--kernel", "/nonexistent/vmlinux"]), "cannot open kernel /nonexistent/vmlinux");
+    assert_one_error(
+        &vmm(&["--kernel", "/nonexistent/vmlinux"]),
+        "cannot open kernel /nonexistent/vmlinux",
+    );
 }
 
 #[test]
@@ -68,9 +71,15 @@ fn corrupt_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let k = dir.path().join("vmlinux");
     std::fs::write(&k, b"\x7fELF garbage that is not a kernel").unwrap();
-    assert_one_error(&vmm(&["--kernel", k.to_str().unwrap()]), "cannot load kernel");
+    assert_one_error(
+        &vmm(&["--kernel", k.to_str().unwrap()]),
+        "cannot load kernel",
+    );
     std::fs::write(&k, b"just text").unwrap();
-    assert_one_error(&vmm(&["--kernel", k.to_str().unwrap()]), "neither an ELF vmlinux nor a bzImage");
+    assert_one_error(
+        &vmm(&["--kernel", k.to_str().unwrap()]),
+        "neither an ELF vmlinux nor a bzImage",
+    );
 }
 
 #[test]
@@ -80,16 +89,31 @@ fn memory_too_small_for_kernel_and_initrd() {
     let initrd = dir.path().join("initrd");
     let mut f = std::fs::File::create(&initrd).unwrap();
     f.write_all(&vec![0u8; 60 << 20]).unwrap();
-    let out = vmm(&["--kernel", k.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--memory-mib", "64"]);
+    let out = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--memory-mib",
+        "64",
+    ]);
     assert_one_error(&out, "guest memory too small");
-    assert_one_error(&vmm(&["--kernel", k.to_str().unwrap(), "--memory-mib", "8"]), "too small");
+    assert_one_error(
+        &vmm(&["--kernel", k.to_str().unwrap(), "--memory-mib", "8"]),
+        "too small",
+    );
 }
 
 #[test]
 fn missing_initrd() {
     let dir = tempfile::tempdir().unwrap();
     let k = tiny_elf(dir.path());
-    let out = vmm(&["--kernel", k.to_str().unwrap(), "--initrd", "/nonexistent/initrd"]);
+    let out = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        "/nonexistent/initrd",
+    ]);
     assert_one_error(&out, "cannot read initrd /nonexistent/initrd");
 }
 
@@ -111,7 +135,12 @@ fn vsock_socket_in_use_is_refused_and_left_alone() {
     let k = tiny_elf(dir.path());
     let sock = dir.path().join("vsock.sock");
     let _live = UnixListener::bind(&sock).unwrap();
-    let out = vmm(&["--kernel", k.to_str().unwrap(), "--vsock-uds", sock.to_str().unwrap()]);
+    let out = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--vsock-uds",
+        sock.to_str().unwrap(),
+    ]);
     assert_one_error(&out, "in use");
     assert!(sock.exists(), "the other listener's socket must stay");
 }
@@ -130,14 +159,27 @@ fn unreadable_and_bad_disks() {
         "/nonexistent/disk.img,ro",
     ]);
     assert_one_error(&out, "/nonexistent/disk.img");
-    assert!(!sock.exists(), "a failed start must not leave its vsock socket behind");
+    assert!(
+        !sock.exists(),
+        "a failed start must not leave its vsock socket behind"
+    );
 
     // Root reads any file regardless of its mode, so "unreadable" here is
     // something that is not a disk at all.
-    let out = vmm(&["--kernel", k.to_str().unwrap(), "--disk", dir.path().to_str().unwrap()]);
+    let out = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--disk",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_one_error(&out, dir.path().to_str().unwrap());
 
-    let out = vmm(&["--kernel", k.to_str().unwrap(), "--disk", "/tmp/x.img,bogus"]);
+    let out = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--disk",
+        "/tmp/x.img,bogus",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 }

@@ -47,9 +47,17 @@ fn main() {
 
 fn probe_disk(path: &str) {
     let mut sector = [0u8; 512];
-    match OpenOptions::new().read(true).open(path).and_then(|mut f| f.read_exact(&mut sector)) {
+    match OpenOptions::new()
+        .read(true)
+        .open(path)
+        .and_then(|mut f| f.read_exact(&mut sector))
+    {
         Ok(()) => {
-            let text: String = sector.iter().take_while(|b| b.is_ascii_graphic() || **b == b' ').map(|b| *b as char).collect();
+            let text: String = sector
+                .iter()
+                .take_while(|b| b.is_ascii_graphic() || **b == b' ')
+                .map(|b| *b as char)
+                .collect();
             println!("PROBE disk-read ok {text}");
         }
         Err(e) => println!("PROBE disk-read error {e}"),
@@ -66,8 +74,16 @@ fn probe_disk(path: &str) {
 
 fn probe_vsock(port: u32) {
     let result = (|| -> std::io::Result<String> {
-        let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(HOST_CID, port))?;
+        let fd = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &VsockAddr::new(HOST_CID, port),
+        )?;
         // A connected stream socket reads and writes like any file.
         // SAFETY: the fd is ours and open; File takes it over.
         let mut stream = unsafe { std::fs::File::from_raw_fd(fd.into_raw_fd()) };

@@ -64,17 +64,13 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     count += 2;
-    // Pin 0 carries the legacy PIC (ExtINT); every other pin is the ISA IRQ
-    // of the same number, with the bus's default polarity and trigger.
+    // Every pin is the ISA IRQ of the same number (the timer on pin 0,
+    // which Linux's check_timer expects to find), with the bus's default
+    // polarity and trigger; the legacy PIC reaches the CPUs through LINT0.
     for pin in 0..IOAPIC_PINS {
-        let kind = if pin == 0 {
-            INT_TYPE_EXTINT
-        } else {
-            INT_TYPE_INT
-        };
         entries.extend_from_slice(&[
             ENTRY_IO_INTERRUPT,
-            kind,
+            INT_TYPE_INT,
             0,
             0,
             ISA_BUS_ID,
