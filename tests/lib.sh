@@ -52,3 +52,11 @@ install_all() {
     install_packages
     install_virtiofsd
 }
+
+# Exports KATA_RS_TEST_PROBE_INITRD: the guest probe (tests only) as /init.
+build_probe_initrd() {
+    source "$repo_root/rootfs-builder/static-initrd.sh"
+    KATA_RS_TEST_PROBE_INITRD=$(build_static_initrd kata-rs-tests kata-rs-guest-probe \
+        "$repo_root/tests/guest-probe.list" "${CARGO_TARGET_DIR:-$repo_root/target}/kata-rs/probe-initrd.img")
+    export KATA_RS_TEST_PROBE_INITRD
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what is missing, checks
+# formatting and lints, builds the kernels, initrds and binaries, runs the
+# unit and host tests natively, then the VM tests where KVM boots a standard
+# guest: directly on hardware KVM, otherwise inside the emulated KVM host.
+# Ends with one line: "N passed, N failed, N skipped".
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$repo_root/tests/emulated-host/kvm-mode.sh"
+cd "$repo_root"
+
+logdir=$(mktemp -d)
+trap 'rm -rf "$logdir"' EXIT
+step=0
+
+# Runs one test step, streaming its output and keeping it for the tally.
+run_step() {
+    local name=$1; shift
+    step=$((step + 1))
+    echo "=== $name"
+    local rc=0
+    "$@" 2>&1 | tee "$logdir/$step.log" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "=== $name: FAILED (exit $rc)"
+        echo "$step" >>"$logdir/step-failures"
+    fi
+}
+
+install_all
+export PATH=/usr/local/bin:$PATH
+
+run_step "rustfmt" cargo fmt --all -- --check
+run_step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+build_guest_kernel
+build_initrd
+build_probe_initrd
+cargo build --workspace --locked
+export KATA_RS_TEST_VMM=$repo_root/target/debug/kata-rs-vmm
+export KATA_RS_TEST_KERNEL=$KATA_RS_KERNEL_DIR/vmlinux
+export KATA_RS_TEST_BZIMAGE=$KATA_RS_KERNEL_DIR/bzImage
+export KATA_RS_TEST_INITRD
+
+# The VM tests (kata-rs-tests) run below where KVM can boot them; the
+# agent's PID-1 test needs root, which this script has.
+run_step "unit and host tests" cargo test --workspace --exclude kata-rs-tests --exclude kata-rs-agent --locked
+run_step "agent tests, PID 1 in namespaces included" cargo test -p kata-rs-agent --locked -- --include-ignored
+
+mode=$(kvm_mode)
+echo "=== KVM on this host: $mode"
+if [ "$mode" != hardware ]; then
+    run_step "emulated KVM host self-test" "$repo_root/tests/emulated-host/selftest.sh"
+fi
+vm_tests=$(cargo test -p kata-rs-tests --test vm --no-run --locked --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "vm" and m.get("executable"):
+        print(m["executable"])')
+run_step "VM tests ($mode KVM)" run_with_kvm --timeout 2400 -- "$vm_tests" --ignored --test-threads=2
+
+# The tally: libtest's "test result:" lines and the self-test's own line;
+# a step that failed without a failing test (a lint, a crash) counts as one
+# failure itself.
+python3 - "$logdir" <<'PY'
+import pathlib, re, sys
+passed = failed = skipped = 0
+logdir = pathlib.Path(sys.argv[1])
+failed_steps = set()
+marker = logdir / "step-failures"
+if marker.exists():
+    failed_steps = {int(n) for n in marker.read_text().split()}
+for log in sorted(logdir.glob("*.log"), key=lambda p: int(p.stem)):
+    step_failed = 0
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
+        if not m:
+            m = re.fullmatch(r"(\d+) passed, (\d+) failed(?:, (\d+) skipped)?", line.strip())
+        if m:
+            passed += int(m[1]); step_failed += int(m[2]); skipped += int(m[3] or 0)
+    if int(log.stem) in failed_steps and step_failed == 0:
+        step_failed = 1
+    failed += step_failed
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+sys.exit(1 if failed else 0)
+PY

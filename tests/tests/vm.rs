@@ -1,0 +1,283 @@
+//! VM-mode integration tests: the real guest kernel and agent (or guest
+//! probe) booted by kata-rs-vmm on KVM that runs standard guests, which on
+//! hosts without VMX/SVM means inside the emulated KVM host. tests/run.sh
+//! runs them with `--ignored` where that holds; a plain `cargo test` lists
+//! them as ignored.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use kata_rs::sandbox::{SandboxSpec, VmSandbox};
+use kata_rs_protocol::health::health_check_response::ServingStatus;
+use kata_rs_protocol::{agent, health};
+use kata_rs_tests::*;
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
+
+fn boot_agent(
+    vcpus: u8,
+    memory_mib: u64,
+    dir: &std::path::Path,
+) -> (VmSandbox, kata_rs_protocol::AgentClient) {
+    let hv = hypervisor(vcpus, memory_mib);
+    let mut sandbox =
+        VmSandbox::start(&hv, &SandboxSpec::from_config(&hv), dir).expect("start the VMM");
+    let client = sandbox.wait_for_agent(BOOT_TIMEOUT).expect("agent answers");
+    (sandbox, client)
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn agent_serves_health_and_version_then_destroy_stops_the_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sandbox, client) = boot_agent(1, 256, dir.path());
+    let uds = sandbox.vsock_uds().to_owned();
+    let pid = sandbox.vmm_pid();
+
+    let check = client
+        .health
+        .check(ctx(), &health::CheckRequest::new())
+        .unwrap();
+    assert_eq!(check.status.enum_value(), Ok(ServingStatus::SERVING));
+    let version = client
+        .health
+        .version(ctx(), &health::VersionRequest::new())
+        .unwrap();
+    assert_eq!(version.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(version.protocol_version, kata_rs_protocol::PROTOCOL_VERSION);
+
+    let status = sandbox.destroy(&client).unwrap();
+    assert!(
+        status.success(),
+        "VMM exit status after DestroySandbox: {status}"
+    );
+    assert!(
+        !uds.exists(),
+        "the hybrid vsock socket must be gone after the VMM exits"
+    );
+    assert!(!process_alive(pid));
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn guest_details_report_two_vcpus_and_the_memory_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sandbox, client) = boot_agent(2, 512, dir.path());
+    let details = client
+        .agent
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .unwrap();
+    assert_eq!(details.online_cpus, 2);
+    let mib = details.mem_total_bytes >> 20;
+    // MemTotal excludes what the kernel reserves for itself.
+    assert!(
+        (400..=512).contains(&mib),
+        "MemTotal {mib} MiB for a 512 MiB guest"
+    );
+    assert!(
+        details.kernel_release.starts_with("6.12"),
+        "{}",
+        details.kernel_release
+    );
+    assert!(sandbox.destroy(&client).unwrap().success());
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn guest_initiated_vsock_connection_reaches_the_host_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+    let listener = UnixListener::bind(dir.path().join("vsock.sock_5000")).unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream).write_all(b"hello from the host\n").unwrap();
+        line
+    });
+    let mut vmm = VmmProcess::start(
+        dir.path(),
+        &[
+            "--initrd",
+            probe_initrd().to_str().unwrap(),
+            "--vsock-uds",
+            uds.to_str().unwrap(),
+            "--cmdline-append",
+            "probe.vsock_port=5000",
+        ],
+    );
+    let status = vmm.wait(BOOT_TIMEOUT);
+    assert!(status.success(), "{status}: {}", vmm.stderr_text());
+    assert_eq!(server.join().unwrap(), "hello from the guest\n");
+    let lines = vmm.probe_lines();
+    assert!(
+        lines.contains(&"vsock ok hello from the host".to_owned()),
+        "{lines:?}"
+    );
+    assert!(!uds.exists());
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn read_only_disk_is_readable_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let mut content = b"KATA-RS-DISK-MARKER".to_vec();
+    content.resize(1 << 20, 0);
+    std::fs::write(&img, &content).unwrap();
+    let mut vmm = VmmProcess::start(
+        dir.path(),
+        &[
+            "--initrd",
+            probe_initrd().to_str().unwrap(),
+            "--disk",
+            &format!("{},ro", img.display()),
+            "--cmdline-append",
+            "probe.disk=/dev/vda",
+        ],
+    );
+    assert!(vmm.wait(BOOT_TIMEOUT).success(), "{}", vmm.stderr_text());
+    let lines = vmm.probe_lines();
+    assert!(
+        lines.contains(&"disk-read ok KATA-RS-DISK-MARKER".to_owned()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("disk-write error")),
+        "a write to a read-only disk must fail: {lines:?}"
+    );
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        content,
+        "the image must be unchanged"
+    );
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn read_write_disk_keeps_guest_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let mut vmm = VmmProcess::start(
+        dir.path(),
+        &[
+            "--initrd",
+            probe_initrd().to_str().unwrap(),
+            "--disk",
+            img.to_str().unwrap(),
+            "--cmdline-append",
+            "probe.disk=/dev/vda",
+        ],
+    );
+    assert!(vmm.wait(BOOT_TIMEOUT).success(), "{}", vmm.stderr_text());
+    assert!(
+        vmm.probe_lines().contains(&"disk-write ok".to_owned()),
+        "{:?}",
+        vmm.probe_lines()
+    );
+    let data = std::fs::read(&img).unwrap();
+    assert!(data[..512].iter().all(|b| *b == b'W'));
+    assert!(data[512..].iter().all(|b| *b == 0));
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn killed_vmm_leaves_nothing_the_next_run_trips_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sandbox, _client) = boot_agent(1, 256, dir.path());
+    let uds = sandbox.vsock_uds().to_owned();
+    let pid = sandbox.vmm_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(sandbox);
+    assert!(!process_alive(pid));
+    // SIGKILL leaves the socket file; the next VMM on the same path must
+    // replace it and work.
+    let (sandbox, client) = boot_agent(1, 256, dir.path());
+    assert_eq!(sandbox.vsock_uds(), uds);
+    assert!(sandbox.destroy(&client).unwrap().success());
+    assert!(!uds.exists());
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn sigterm_stops_the_vmm_and_removes_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sandbox, client) = boot_agent(1, 256, dir.path());
+    let uds = sandbox.vsock_uds().to_owned();
+    let pid = sandbox.vmm_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!process_alive(pid), "VMM still running after SIGTERM");
+    assert!(!uds.exists(), "the socket must be removed on SIGTERM");
+    drop((client, sandbox));
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn guest_panic_is_a_failure_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vmm = VmmProcess::start(
+        dir.path(),
+        &[
+            "--initrd",
+            agent_initrd().to_str().unwrap(),
+            "--cmdline-append",
+            "rdinit=/nonexistent",
+        ],
+    );
+    let status = vmm.wait(BOOT_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "console:\n{}", vmm.console_text());
+    assert_eq!(
+        vmm.stderr_text().trim(),
+        "kata-rs-vmm: the guest kernel panicked"
+    );
+    assert!(vmm.console_text().contains("Kernel panic - not syncing"));
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn elf_and_bzimage_both_boot() {
+    let bzimage = artefact("KATA_RS_TEST_BZIMAGE");
+    for kernel in [kernel(), bzimage] {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let out = std::process::Command::new(vmm_binary())
+            .args([
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--initrd",
+                probe_initrd().to_str().unwrap(),
+            ])
+            .args(["--console", console.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            kernel.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read_to_string(&console)
+                .unwrap()
+                .contains("PROBE done"),
+            "{}",
+            kernel.display()
+        );
+    }
+}
