@@ -60,7 +60,7 @@ pub struct Runtime {
 impl Default for Hypervisor {
     fn default() -> Self {
         Self {
-            vmm: PathBuf::from("kata-rs-vmm"),
+            vmm: PathBuf::from("/usr/local/bin/kata-rs-vmm"),
             kernel: PathBuf::from("/usr/local/share/kata-rs/vmlinux"),
             initrd: PathBuf::from("/usr/local/share/kata-rs/initrd.img"),
             vcpus: 1,
@@ -73,7 +73,7 @@ impl Default for Hypervisor {
 impl Default for Virtiofsd {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("virtiofsd"),
+            path: PathBuf::from("/usr/local/bin/virtiofsd"),
         }
     }
 }
@@ -143,6 +143,12 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_installed_file_states_the_defaults() {
+        let shipped = include_str!("../configuration.toml");
+        assert_eq!(Config::parse(shipped).unwrap(), Config::default());
     }
 
     #[test]

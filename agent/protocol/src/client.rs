@@ -1,6 +1,6 @@
 //! Host-side ttrpc clients for the agent.
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,9 +34,15 @@ impl AgentClient {
     /// Wraps an already connected stream (a hybrid vsock stream after the
     /// handshake, or a plain Unix socket to an agent run with `--listen`).
     pub fn from_stream(stream: UnixStream) -> Result<Self, ClientError> {
+        Self::from_fd(stream.into())
+    }
+
+    /// Wraps any connected stream socket, such as an AF_VSOCK socket to a
+    /// guest behind vhost-vsock.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, ClientError> {
         // ttrpc::Client takes ownership of the descriptor and closes it when
         // the last clone of the client is dropped.
-        let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(ClientError::Ttrpc)?;
+        let client = ttrpc::Client::new(fd.into_raw_fd()).map_err(ClientError::Ttrpc)?;
         Ok(Self {
             health: HealthClient::new(client.clone()),
             agent: AgentServiceClient::new(client),
