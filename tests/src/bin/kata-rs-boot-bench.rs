@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kata_rs_protocol::{agent, health, AgentClient, AGENT_VSOCK_PORT};
+use kata_rs_vmm::config::DEFAULT_CMDLINE;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(10);
-/// The same kernel arguments for both VMMs: the kata-rs-vmm defaults, plus
-/// an early console so "guest running" is visible at once.
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd earlyprintk=ttyS0 quiet";
+/// Added to kata-rs-vmm's default kernel arguments, for both VMMs: an early
+/// console, so that "guest running" is visible at once.
+const CMDLINE_EXTRA: &str = "earlyprintk=ttyS0 quiet";
 
 struct Args {
     vmm: PathBuf,
@@ -194,7 +195,7 @@ fn kata_rs(args: &Args, vcpus: u8, dir: &Path) -> Result<Sample> {
             .arg(&args.kernel)
             .arg("--initrd")
             .arg(&args.initrd)
-            .args(["--cmdline", CMDLINE, "--console", "stdout"])
+            .args(["--cmdline-append", CMDLINE_EXTRA, "--console", "stdout"])
             .args([
                 "--vcpus",
                 &vcpus.to_string(),
@@ -236,7 +237,7 @@ fn qemu(args: &Args, vcpus: u8, cid: u32) -> Result<Sample> {
             .arg(&args.bzimage)
             .arg("-initrd")
             .arg(&args.initrd)
-            .args(["-append", CMDLINE])
+            .args(["-append", &format!("{DEFAULT_CMDLINE} {CMDLINE_EXTRA}")])
             .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]),
     )?;
     measure(child, start, first, args.memory_mib << 10, || {
