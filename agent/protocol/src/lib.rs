@@ -13,6 +13,7 @@ include!(concat!(env!("OUT_DIR"), "/modules.rs"));
 
 mod client;
 pub mod hybrid;
+pub mod vsock;
 
 pub use client::{AgentClient, ClientError};
 

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use kata_rs_protocol::{agent, health, AgentClient, AGENT_VSOCK_PORT};
 use kata_rs_vmm::config::DEFAULT_CMDLINE;
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(10);
@@ -75,6 +74,9 @@ fn parse_args() -> Result<Args> {
     }
     Ok(args)
 }
+
+/// A printed metric: its name, how to read it from a sample, its unit.
+type Row = (&'static str, fn(&Sample) -> f64, &'static str);
 
 #[derive(Clone, Copy)]
 struct Sample {
@@ -241,16 +243,7 @@ fn qemu(args: &Args, vcpus: u8, cid: u32) -> Result<Sample> {
             .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]),
     )?;
     measure(child, start, first, args.memory_mib << 10, || {
-        let fd = socket(
-            AddressFamily::Vsock,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        connect(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &VsockAddr::new(cid, AGENT_VSOCK_PORT),
-        )?;
+        let fd = kata_rs_protocol::vsock::connect(cid, AGENT_VSOCK_PORT)?;
         Ok(AgentClient::from_fd(fd)?)
     })
 }
@@ -282,7 +275,7 @@ fn main() -> Result<()> {
             theirs.push(qemu(&args, vcpus, cid).context("QEMU run")?);
             cid += 1;
         }
-        let rows: [(&str, fn(&Sample) -> f64, &str); 3] = [
+        let rows: [Row; 3] = [
             (
                 "exec -> first console byte",
                 |s| s.first_output.as_secs_f64() * 1000.0,

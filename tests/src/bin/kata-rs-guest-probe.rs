@@ -13,9 +13,6 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
-
-const HOST_CID: u32 = 2;
 
 fn main() {
     for (fs, target) in [("devtmpfs", "/dev"), ("proc", "/proc")] {
@@ -74,16 +71,7 @@ fn probe_disk(path: &str) {
 
 fn probe_vsock(port: u32) {
     let result = (|| -> std::io::Result<String> {
-        let fd = socket(
-            AddressFamily::Vsock,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        connect(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &VsockAddr::new(HOST_CID, port),
-        )?;
+        let fd = kata_rs_protocol::vsock::connect(kata_rs_protocol::vsock::HOST_CID, port)?;
         // A connected stream socket reads and writes like any file.
         // SAFETY: the fd is ours and open; File takes it over.
         let mut stream = unsafe { std::fs::File::from_raw_fd(fd.into_raw_fd()) };
