@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Runs one command inside an emulated KVM host: QEMU TCG with -cpu max (which
+# exposes SVM) booting a host kernel with KVM_AMD, so /dev/kvm in there is real
+# KVM even where this machine's own /dev/kvm cannot run a standard guest (see
+# README.md beside this script).
+#
+#   run.sh [--cpus N] [--memory-mib M] [--timeout S] [--share DIR]...
+#          [--vfio-edu] -- COMMAND [ARGS...]
+#
+# The command sees this machine's root, read-only underneath and writable
+# through a tmpfs overlay that is thrown away; it runs as root with the
+# caller's cwd and exported environment; its stdout and stderr stream to the
+# caller's; run.sh exits with its exit status. 124: timed out. 125: the
+# emulated host itself failed (boot, missing cwd, bad usage).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+prog=emulated-host
+
+cpus=2
+memory_mib=2048
+timeout_s=1800
+vfio_edu=false
+shares=()
+
+usage() {
+    cat >&2 <<EOF
+usage: $0 [options] -- COMMAND [ARGS...]
+  --cpus N         vCPUs of the emulated host (default $cpus)
+  --memory-mib M   its memory in MiB (default $memory_mib)
+  --timeout S      kill it after S seconds, boot included, and exit 124
+                   (default $timeout_s; 0 means never)
+  --share DIR      make the host directory DIR writable inside, at the same
+                   path (repeatable); everything else written inside is lost
+  --vfio-edu       add QEMU's intel-iommu and edu PCI device (1234:11e8) for
+                   VFIO passthrough tests, with intel_iommu=on
+EOF
+    exit 125
+}
+
+die() {
+    echo "$prog: $*" >&2
+    exit 125
+}
+
+positive_int() {
+    [[ $2 =~ ^[0-9]+$ ]] || die "$1 needs a number, got '$2'"
+}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --cpus) [ $# -ge 2 ] || usage; positive_int "$1" "$2"; cpus=$2; shift 2 ;;
+        --memory-mib) [ $# -ge 2 ] || usage; positive_int "$1" "$2"; memory_mib=$2; shift 2 ;;
+        --timeout) [ $# -ge 2 ] || usage; positive_int "$1" "$2"; timeout_s=$2; shift 2 ;;
+        --share)
+            [ $# -ge 2 ] || usage
+            [ -d "$2" ] || die "--share $2: not a directory"
+            shares+=("$(cd "$2" && pwd -P)")
+            shift 2 ;;
+        --vfio-edu) vfio_edu=true; shift ;;
+        --) shift; break ;;
+        -h|--help) usage ;;
+        *) echo "$prog: unknown option $1" >&2; usage ;;
+    esac
+done
+[ $# -ge 1 ] || usage
+# env(1) would take a first word containing '=' for another variable.
+[[ $1 != *=* ]] || die "the command name '$1' contains '=', which env(1) inside cannot run; use ./$1 or a path"
+
+for tool in qemu-system-x86_64 busybox timeout flock; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (needed for the emulated host)"
+done
+# The kernel command line cannot carry a path with blanks to init=.
+[[ $here != *[[:space:]]* ]] || die "the checkout path '$here' contains blanks; the kernel's init= cannot name it"
+
+# The host kernel is built once per fragment content and cached; the lock keeps
+# concurrent first runs from building into the same directory.
+host_kernel() {
+    # shellcheck source=SCRIPTDIR/../../guest-kernel-config/kernel-lib.sh
+    source "$repo/guest-kernel-config/kernel-lib.sh"
+    local fragments="$repo/guest-kernel-config/fragments"
+    mkdir -p "$KATA_RS_CACHE"
+    {
+        flock 9
+        build_kernel emuhost "$fragments/base.config" "$fragments/fs.config" \
+            "$fragments/namespaces-cgroups.config" "$fragments/net.config" \
+            "$here/host-kernel.config"
+    } 9>"$KATA_RS_CACHE/emuhost-kernel.lock"
+}
+# Only a build is worth reporting; a cache hit would pollute every run's stderr.
+kernel_dir=$( { host_kernel 2>&1 1>&3 3>&- | sed '/: cached at /d' >&2; } 3>&1 ) \
+    || die "building the host kernel failed (see the messages above)"
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/emulated-host.XXXXXX")
+job="$run_dir/job"
+mkdir "$job"
+qemu_pid=
+relay_pids=()
+
+# Ends whatever is still running, by pid, and removes the run directory; runs
+# on every exit, including Ctrl-C and SIGTERM.
+# shellcheck disable=SC2317  # reached through the EXIT trap
+cleanup() {
+    if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
+        # timeout(1) passes TERM on to QEMU and kills it 5 s later if needed.
+        kill -TERM "$qemu_pid" 2>/dev/null || true
+        wait "$qemu_pid" 2>/dev/null || true
+    fi
+    release_relays
+    rm -rf "$run_dir"
+}
+
+# A relay still blocked opening its FIFO (QEMU died before opening the other
+# end) is released by a writer that appears and goes: it then reads EOF.
+release_relays() {
+    local fifo fd
+    for fifo in "$run_dir/stdout" "$run_dir/stderr"; do
+        [ -p "$fifo" ] || continue
+        exec {fd}<>"$fifo"
+        exec {fd}>&-
+    done
+    if [ ${#relay_pids[@]} -gt 0 ]; then
+        wait "${relay_pids[@]}" 2>/dev/null || true
+    fi
+    relay_pids=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# The job directory is the second 9p export: the command, its environment and
+# cwd go in, its exit status comes out. NUL-separated, so any byte but NUL
+# survives.
+printf '%s\0' "$@" > "$job/argv"
+env -u PWD -u OLDPWD -u SHLVL -u _ -0 > "$job/env"
+printf '%s\0' "$PWD" > "$job/cwd"
+if [ ${#shares[@]} -gt 0 ]; then
+    printf '%s\0' "${shares[@]}" > "$job/shares"
+else
+    : > "$job/shares"
+fi
+
+# QEMU's option parser splits on commas; a literal comma is written twice.
+qemu_path() { printf '%s' "${1//,/,,}"; }
+
+p9=local,security_model=none,multidevs=remap
+# shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
+qemu_args=(
+    -M q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory_mib"
+    -nodefaults -no-user-config -display none -no-reboot
+    -kernel "$kernel_dir/vmlinux"
+    -serial "file:$run_dir/console.log"
+)
+# intel-iommu has to come before the PCI devices it translates for.
+if $vfio_edu; then
+    qemu_args+=(-device intel-iommu -device edu)
+fi
+# shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
+qemu_args+=(
+    -fsdev "$p9,id=root,path=/,readonly=on" -device virtio-9p-pci,fsdev=root,mount_tag=emuhost-root
+    -fsdev "$p9,id=job,path=$job" -device virtio-9p-pci,fsdev=job,mount_tag=emuhost-job
+    -device virtio-serial-pci
+    -chardev "file,id=stdout,path=$run_dir/stdout" -device virtserialport,chardev=stdout,name=emuhost.stdout
+    -chardev "file,id=stderr,path=$run_dir/stderr" -device virtserialport,chardev=stderr,name=emuhost.stderr
+)
+for i in "${!shares[@]}"; do
+    qemu_args+=(-fsdev "$p9,id=share$i,path=$(qemu_path "${shares[$i]}")"
+                -device "virtio-9p-pci,fsdev=share$i,mount_tag=share$i")
+done
+
+# The root is mounted read-only by the kernel itself; cache=loose is safe
+# because nothing inside can change it. Registering tinyconfig's 256 legacy
+# BSD ptys takes 0.35 s under TCG, and nothing uses them.
+cmdline="console=ttyS0 quiet panic=-1 pty.legacy_count=0"
+cmdline+=" root=emuhost-root rootfstype=9p ro"
+cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose"
+cmdline+=" init=$here/guest-init.sh"
+if $vfio_edu; then
+    cmdline+=" intel_iommu=on"
+fi
+
+# Output is streamed through FIFOs that QEMU writes as files: relays start
+# first because QEMU's open blocks until a reader is there.
+mkfifo "$run_dir/stdout" "$run_dir/stderr"
+cat "$run_dir/stdout" &
+relay_pids+=($!)
+cat "$run_dir/stderr" >&2 &
+relay_pids+=($!)
+
+started=$SECONDS
+timeout_args=(-k 5 "$timeout_s")
+[ "$timeout_s" -gt 0 ] || timeout_args=(0)
+timeout "${timeout_args[@]}" qemu-system-x86_64 "${qemu_args[@]}" -append "$cmdline" \
+    </dev/null 2>"$run_dir/qemu.log" &
+qemu_pid=$!
+qemu_status=0
+wait "$qemu_pid" || qemu_status=$?
+qemu_pid=
+release_relays
+
+if [ -f "$job/status" ]; then
+    status=$(cat "$job/status")
+    [[ $status =~ ^[0-9]+$ ]] || die "the emulated host reported a malformed exit status '$status'"
+    exit "$status"
+fi
+if [ "$timeout_s" -gt 0 ] && { [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -eq 137 ]; } \
+    && [ $((SECONDS - started)) -ge "$timeout_s" ]; then
+    echo "$prog: timed out after $timeout_s s; QEMU was killed (raise --timeout if the command needs longer)" >&2
+    exit 124
+fi
+{
+    echo "$prog: the emulated host stopped without reporting the command's exit status (QEMU exit status $qemu_status): it failed to boot or crashed"
+    if [ -s "$run_dir/qemu.log" ]; then
+        echo "--- QEMU said:"
+        cat "$run_dir/qemu.log"
+    fi
+    if [ -s "$run_dir/console.log" ]; then
+        echo "--- last lines of the emulated host's console:"
+        tail -n 40 "$run_dir/console.log"
+    fi
+} >&2
+exit 125
