@@ -17,6 +17,9 @@ pub const COM1_LEN: u64 = 8;
 /// What Linux prints, at emergency level, when it panics.
 const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
 
+/// How much console output is kept: a guest must not fill the host's disk.
+pub const CONSOLE_LIMIT: u64 = 16 << 20;
+
 /// Raises the serial interrupt through a KVM irqfd.
 pub struct IrqTrigger(pub EventFd);
 
@@ -27,21 +30,23 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Passes console output through to `inner` and sets a flag once the
-/// kernel's panic line has gone by, so the VMM can tell a panic-triggered
-/// reset from a clean one.
+/// Passes console output through to `inner`, up to `limit` bytes, and sets
+/// a flag once the kernel's panic line has gone by (also past the limit), so
+/// the VMM can tell a panic-triggered reset from a clean one.
 pub struct PanicWatch<W: Write> {
     inner: W,
     window: Vec<u8>,
     panicked: Arc<AtomicBool>,
+    left: u64,
 }
 
 impl<W: Write> PanicWatch<W> {
-    pub fn new(inner: W, panicked: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: W, panicked: Arc<AtomicBool>, limit: u64) -> Self {
         Self {
             inner,
             window: Vec::with_capacity(PANIC_MARKER.len()),
             panicked,
+            left: limit,
         }
     }
 }
@@ -59,12 +64,23 @@ impl<W: Write> Write for PanicWatch<W> {
         }
         // Console output is best effort: a full disk or a closed stdout must
         // not stop the guest.
-        let _ = self.inner.write_all(buf);
+        if self.left > 0 {
+            let n = buf.len().min(self.left as usize);
+            let _ = self.inner.write_all(&buf[..n]);
+            self.left -= n as u64;
+            if self.left == 0 {
+                let _ = self
+                    .inner
+                    .write_all(b"\n[kata-rs-vmm: console output truncated]\n");
+                let _ = self.inner.flush();
+            }
+        }
         Ok(buf.len())
     }
 
+    /// The UART "flushes" after every byte; the line buffer underneath
+    /// writes whole lines instead of one system call per guest byte.
     fn flush(&mut self) -> io::Result<()> {
-        let _ = self.inner.flush();
         Ok(())
     }
 }
@@ -78,7 +94,7 @@ pub struct SerialConsole {
 
 impl SerialConsole {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>, panicked: Arc<AtomicBool>) -> Self {
-        let writer = PanicWatch::new(LineWriter::new(out), panicked);
+        let writer = PanicWatch::new(LineWriter::new(out), panicked, CONSOLE_LIMIT);
         Self {
             serial: Serial::new(IrqTrigger(irq), writer),
         }
@@ -121,7 +137,7 @@ mod tests {
     #[test]
     fn panic_line_is_noticed_even_byte_by_byte() {
         let flag = Arc::new(AtomicBool::new(false));
-        let mut w = PanicWatch::new(Vec::new(), flag.clone());
+        let mut w = PanicWatch::new(Vec::new(), flag.clone(), CONSOLE_LIMIT);
         for b in b"[ 1.0] Kernel panic - not syncin".iter() {
             w.write_all(&[*b]).unwrap();
         }
@@ -134,11 +150,25 @@ mod tests {
     #[test]
     fn ordinary_output_is_passed_through_without_panic() {
         let flag = Arc::new(AtomicBool::new(false));
-        let mut w = PanicWatch::new(Vec::new(), flag.clone());
+        let mut w = PanicWatch::new(Vec::new(), flag.clone(), CONSOLE_LIMIT);
         w.write_all(b"Kernel panics are bad; not syncing is worse\n")
             .unwrap();
         assert!(!flag.load(Ordering::SeqCst));
         assert_eq!(w.inner.len(), 44);
+    }
+
+    #[test]
+    fn output_past_the_limit_is_dropped_but_still_watched() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut w = PanicWatch::new(Vec::new(), flag.clone(), 10);
+        w.write_all(b"0123456").unwrap();
+        w.write_all(b"789abcdef").unwrap();
+        w.write_all(b"Kernel panic - not syncing").unwrap();
+        assert_eq!(
+            w.inner,
+            b"0123456789\n[kata-rs-vmm: console output truncated]\n"
+        );
+        assert!(flag.load(Ordering::SeqCst));
     }
 
     #[test]

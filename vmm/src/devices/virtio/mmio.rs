@@ -308,7 +308,7 @@ impl MmioTransport {
             return;
         }
         if value & VIRTIO_CONFIG_S_FAILED != 0 {
-            warn!(
+            debug!(
                 device_type = self.device.device_type(),
                 "the guest driver gave up on the device"
             );
@@ -356,14 +356,14 @@ impl MmioTransport {
         let offered = self.device.features();
         let unknown = self.acked_features & !offered;
         if unknown != 0 {
-            warn!(
+            debug!(
                 acked = self.acked_features,
                 offered, "driver accepted features that were not offered; FEATURES_OK refused"
             );
             return false;
         }
         if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
-            warn!("driver did not accept VIRTIO_F_VERSION_1; FEATURES_OK refused");
+            debug!("driver did not accept VIRTIO_F_VERSION_1; FEATURES_OK refused");
             return false;
         }
         true
@@ -379,9 +379,9 @@ impl MmioTransport {
                     self.activated = true;
                     return true;
                 }
-                Err(e) => warn!(device_type, error = %e, "virtio device activation failed"),
+                Err(e) => debug!(device_type, error = %e, "virtio device activation failed"),
             },
-            Err(reason) => warn!(device_type, reason, "virtio device activation refused"),
+            Err(reason) => debug!(device_type, reason, "virtio device activation refused"),
         }
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         false

@@ -21,6 +21,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::connection::{Connection, Outgoing};
 use super::handshake::LineParser;
 use super::packet::*;
+use super::worker::TOKEN_LISTENER;
 use super::VsockError;
 
 /// The most connections, in any state, at a time.
@@ -198,6 +199,9 @@ struct Handshake {
 /// A connection is known by (host port, guest port).
 type ConnKey = (u32, u32);
 
+/// How long accepts pause after accept() failed for want of a resource.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 fn token(fd: RawFd) -> u64 {
     FD_TOKEN_BASE + fd as u64
 }
@@ -216,6 +220,10 @@ pub struct Backend {
     /// RSTs for guest packets that belong to no connection.
     rst_queue: VecDeque<Header>,
     next_port: u32,
+    /// Set while the listener is out of epoll after accept() failed for
+    /// want of a resource (fds, memory): a level-triggered listener would
+    /// otherwise wake the worker in a loop until the shortage ends.
+    accept_paused_until: Option<Instant>,
 }
 
 impl Backend {
@@ -230,6 +238,7 @@ impl Backend {
             rxq: VecDeque::new(),
             rst_queue: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
+            accept_paused_until: None,
         })
     }
 
@@ -267,7 +276,13 @@ impl Backend {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a vsock host connection");
+                    tracing::warn!(error = %e, "cannot accept a vsock host connection; pausing accepts");
+                    let _ = ep.ctl(
+                        ControlOperation::Delete,
+                        self.listener_fd(),
+                        EpollEvent::default(),
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
             };
@@ -464,7 +479,7 @@ impl Backend {
 
     fn connect_to_host(&mut self, ep: &Epoll, req: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(
+            tracing::debug!(
                 port = req.dst_port,
                 "too many vsock connections, refusing one"
             );
@@ -530,12 +545,22 @@ impl Backend {
     pub fn next_deadline(&self) -> Option<Instant> {
         let handshakes = self.handshakes.values().map(|h| h.deadline);
         let conns = self.conns.values().filter_map(Connection::deadline);
-        handshakes.chain(conns).min()
+        handshakes
+            .chain(conns)
+            .chain(self.accept_paused_until)
+            .min()
     }
 
     /// Closes the handshakes and connections whose deadline has passed.
     pub fn on_timeouts(&mut self, ep: &Epoll) {
         let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            let event = EpollEvent::new(EventSet::IN, TOKEN_LISTENER);
+            if let Err(e) = ep.ctl(ControlOperation::Add, self.listener_fd(), event) {
+                tracing::error!(error = %e, "cannot resume accepting vsock host connections");
+            }
+        }
         let late: Vec<RawFd> = self
             .handshakes
             .iter()

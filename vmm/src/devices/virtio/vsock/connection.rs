@@ -311,7 +311,7 @@ impl Connection {
         }
         let held = (self.rx_cnt - self.fwd_cnt).0 as usize;
         if held + data.len() > CONN_BUF_SIZE as usize {
-            tracing::warn!(
+            tracing::debug!(
                 port = self.local_port,
                 held,
                 len = data.len(),

@@ -21,7 +21,7 @@ pub const NUM_QUEUES: usize = 3;
 
 // Epoll tokens: the queues (rx, tx, event) use their indices.
 const TOKEN_KILL: u64 = 3;
-const TOKEN_LISTENER: u64 = 4;
+pub(super) const TOKEN_LISTENER: u64 = 4;
 
 struct Worker {
     mem: GuestMemory,
@@ -159,9 +159,12 @@ impl Worker {
             let len = match RxBuffer::new(&self.mem, chain) {
                 Ok(buf) => match self.backend.next_rx(&self.epoll, buf.data_capacity()) {
                     Some((hdr, data)) => buf.write(&self.mem, &hdr, &data).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "cannot write a vsock rx packet");
+                        tracing::debug!(error = %e, "cannot write a vsock rx packet");
                         0
                     }),
+                    // A header-only buffer can never carry the data that is
+                    // waiting: give it back empty rather than stall on it.
+                    None if buf.data_capacity() == 0 => 0,
                     None => {
                         // Nothing after all: keep the buffer for later.
                         self.queues[RX_QUEUE].go_to_previous_position();
@@ -174,7 +177,7 @@ impl Worker {
                 }
             };
             if let Err(e) = self.queues[RX_QUEUE].add_used(&self.mem, head, len) {
-                tracing::error!(error = %e, "cannot return a vsock rx buffer");
+                tracing::debug!(error = %e, "cannot return a vsock rx buffer");
             }
             used = true;
         }
@@ -195,7 +198,7 @@ impl Worker {
                 Err(e) => tracing::debug!(error = %e, "dropping a malformed vsock tx packet"),
             }
             if let Err(e) = self.queues[TX_QUEUE].add_used(&self.mem, head, 0) {
-                tracing::error!(error = %e, "cannot return a vsock tx buffer");
+                tracing::debug!(error = %e, "cannot return a vsock tx buffer");
             }
             used = true;
         }
