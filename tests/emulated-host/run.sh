@@ -74,19 +74,22 @@ done
 # The kernel command line cannot carry a path with blanks to init=.
 [[ $here != *[[:space:]]* ]] || die "the checkout path '$here' contains blanks; the kernel's init= cannot name it"
 
-# The host kernel is built once per fragment content and cached; the lock keeps
-# concurrent first runs from building into the same directory.
+# The host kernel is built once per fragment content and cached. A lock per
+# content keeps concurrent first runs from building into the same directory
+# without making runs of a cached kernel wait on a build of another one.
 host_kernel() {
     # shellcheck source=SCRIPTDIR/../../guest-kernel-config/kernel-lib.sh
     source "$repo/guest-kernel-config/kernel-lib.sh"
-    local fragments="$repo/guest-kernel-config/fragments"
+    local fragments="$repo/guest-kernel-config/fragments" inputs lock
+    inputs=("$fragments/base.config" "$fragments/fs.config"
+            "$fragments/namespaces-cgroups.config" "$fragments/net.config"
+            "$here/host-kernel.config")
+    lock=$(cat "$repo/guest-kernel-config/kernel-lib.sh" "${inputs[@]}" | sha256sum | cut -c1-16)
     mkdir -p "$KATA_RS_CACHE"
     {
         flock 9
-        build_kernel emuhost "$fragments/base.config" "$fragments/fs.config" \
-            "$fragments/namespaces-cgroups.config" "$fragments/net.config" \
-            "$here/host-kernel.config"
-    } 9>"$KATA_RS_CACHE/emuhost-kernel.lock"
+        build_kernel emuhost "${inputs[@]}"
+    } 9>"$KATA_RS_CACHE/emuhost-$lock.lock"
 }
 # Only a build is worth reporting; a cache hit would pollute every run's stderr.
 kernel_dir=$( { host_kernel 2>&1 1>&3 3>&- | sed '/: cached at /d' >&2; } 3>&1 ) \
