@@ -38,6 +38,12 @@ pub fn probe_initrd() -> PathBuf {
     artefact("KATA_RS_TEST_PROBE_INITRD")
 }
 
+/// Guest kernel arguments the test environment needs on every boot
+/// (tests/run.sh sets them for the emulated KVM host, see its README).
+pub fn extra_kernel_params() -> String {
+    std::env::var("KATA_RS_TEST_KERNEL_PARAMS").unwrap_or_default()
+}
+
 /// The runtime's hypervisor configuration pointing at the artefacts.
 pub fn hypervisor(vcpus: u8, memory_mib: u64) -> Hypervisor {
     Hypervisor {
@@ -46,7 +52,7 @@ pub fn hypervisor(vcpus: u8, memory_mib: u64) -> Hypervisor {
         initrd: agent_initrd(),
         vcpus,
         memory_mib,
-        kernel_params: String::new(),
+        kernel_params: extra_kernel_params(),
     }
 }
 
@@ -71,6 +77,8 @@ impl VmmProcess {
             .arg(kernel())
             .arg("--console")
             .arg(&console)
+            .arg("--cmdline-append")
+            .arg(extra_kernel_params())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

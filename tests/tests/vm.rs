@@ -264,6 +264,7 @@ fn elf_and_bzimage_both_boot() {
                 probe_initrd().to_str().unwrap(),
             ])
             .args(["--console", console.to_str().unwrap()])
+            .args(["--cmdline-append", &extra_kernel_params()])
             .output()
             .unwrap();
         assert!(

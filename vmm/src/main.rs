@@ -27,8 +27,9 @@ struct Args {
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Arguments added after the command line (default or --cmdline).
+    /// Repeatable.
     #[arg(long)]
-    cmdline_append: Option<String>,
+    cmdline_append: Vec<String>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
     vcpus: u8,
@@ -62,10 +63,10 @@ fn main() {
     let cfg = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
-        cmdline: match args.cmdline_append {
-            Some(extra) => format!("{} {extra}", args.cmdline),
-            None => args.cmdline,
-        },
+        cmdline: std::iter::once(args.cmdline)
+            .chain(args.cmdline_append)
+            .collect::<Vec<_>>()
+            .join(" "),
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
         console: args.console,
