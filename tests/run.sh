@@ -40,7 +40,7 @@ cargo build --workspace --locked
 export KATA_RS_TEST_VMM=$repo_root/target/debug/kata-rs-vmm
 export KATA_RS_TEST_KERNEL=$KATA_RS_KERNEL_DIR/vmlinux
 export KATA_RS_TEST_BZIMAGE=$KATA_RS_KERNEL_DIR/bzImage
-export KATA_RS_TEST_INITRD
+export KATA_RS_TEST_INITRD=$KATA_RS_INITRD
 
 # The VM tests (kata-rs-tests) run below where KVM can boot them; the
 # agent's PID-1 test needs root, which this script has.

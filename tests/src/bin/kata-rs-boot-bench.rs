@@ -36,6 +36,8 @@ struct Args {
     initrd: PathBuf,
     runs: usize,
     memory_mib: u64,
+    /// Kernel arguments added for both VMMs (the environment's needs).
+    append: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args> {
         initrd: PathBuf::new(),
         runs: 5,
         memory_mib: 256,
+        append: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +62,7 @@ fn parse_args() -> Result<Args> {
             "--initrd" => args.initrd = value.into(),
             "--runs" => args.runs = value.parse().context("--runs")?,
             "--memory-mib" => args.memory_mib = value.parse().context("--memory-mib")?,
+            "--append" => args.append = value,
             _ => bail!("unknown option {flag}"),
         }
     }
@@ -198,6 +202,7 @@ fn kata_rs(args: &Args, vcpus: u8, dir: &Path) -> Result<Sample> {
             .arg("--initrd")
             .arg(&args.initrd)
             .args(["--cmdline-append", CMDLINE_EXTRA, "--console", "stdout"])
+            .args(["--cmdline-append", &args.append])
             .args([
                 "--vcpus",
                 &vcpus.to_string(),
@@ -239,7 +244,12 @@ fn qemu(args: &Args, vcpus: u8, cid: u32) -> Result<Sample> {
             .arg(&args.bzimage)
             .arg("-initrd")
             .arg(&args.initrd)
-            .args(["-append", &format!("{DEFAULT_CMDLINE} {CMDLINE_EXTRA}")])
+            // microvm has no keyboard controller: the guest resets by
+            // triple fault instead, which -no-reboot turns into an exit.
+            .args([
+                "-append",
+                &format!("{DEFAULT_CMDLINE} {CMDLINE_EXTRA} {} reboot=t", args.append),
+            ])
             .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]),
     )?;
     measure(child, start, first, args.memory_mib << 10, || {
