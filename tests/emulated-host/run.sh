@@ -65,6 +65,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ $# -ge 1 ] || usage
+# /tmp, /var/tmp and /run are fresh inside; a checkout under them (a CI
+# clone in /tmp, say) is shared in, so it stays at the same path.
+repo_real=$(cd "$repo" && pwd -P)
+case $repo_real/ in
+    /tmp/*|/var/tmp/*|/run/*) shares+=("$repo_real") ;;
+esac
 # env(1) would take a first word containing '=' for another variable.
 [[ $1 != *=* ]] || die "the command name '$1' contains '=', which env(1) inside cannot run; use ./$1 or a path"
 
