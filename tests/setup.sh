@@ -34,5 +34,7 @@ else
     log "kept the existing /etc/kata-rs/configuration.toml"
 fi
 
+log "this host:"
+/usr/local/bin/kata-rs check
 log "main job: boot a microVM and ask its agent"
 run_with_kvm -- /usr/local/bin/kata-rs check --boot
