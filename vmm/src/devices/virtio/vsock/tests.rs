@@ -245,6 +245,15 @@ fn pkt(op: u16, guest_port: u32, host_port: u32) -> Header {
     }
 }
 
+/// A device listening in a fresh temporary directory (kept alive by the
+/// returned guard).
+fn device(timeouts: Timeouts) -> (tempfile::TempDir, PathBuf, Vsock) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = socket_path(&dir);
+    let dev = Vsock::with_timeouts(GUEST_CID, &path, timeouts).unwrap();
+    (dir, path, dev)
+}
+
 fn socket_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("vsock.sock")
 }
@@ -289,9 +298,7 @@ fn establish(guest: &mut Guest, path: &Path) -> (UnixStream, u32) {
 
 #[test]
 fn host_initiated_connection_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut host, port) = establish(&mut guest, &path);
     assert_ne!(guest.interrupt.status() & INT_USED_RING, 0);
@@ -341,9 +348,7 @@ fn host_initiated_connection_end_to_end() {
 
 #[test]
 fn host_close_shuts_the_guest_side_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (host, port) = establish(&mut guest, &path);
     drop(host);
@@ -355,9 +360,7 @@ fn host_close_shuts_the_guest_side_down() {
 
 #[test]
 fn half_closes_map_to_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut host, port) = establish(&mut guest, &path);
 
@@ -386,9 +389,7 @@ fn half_closes_map_to_shutdown() {
 
 #[test]
 fn guest_half_close_leaves_the_host_sending() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut host, port) = establish(&mut guest, &path);
     guest.send(pkt(OP_RW, 1024, port), b"last words");
@@ -415,9 +416,7 @@ fn guest_half_close_leaves_the_host_sending() {
 
 #[test]
 fn guest_refusal_closes_the_host_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let mut host = connect(&path, 99);
     let req = guest.expect_op(OP_REQUEST);
@@ -427,13 +426,10 @@ fn guest_refusal_closes_the_host_stream() {
 
 #[test]
 fn unanswered_request_times_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let timeouts = Timeouts {
+    let (_dir, path, mut dev) = device(Timeouts {
         connect: Duration::from_millis(100),
         ..Timeouts::default()
-    };
-    let mut dev = Vsock::with_timeouts(GUEST_CID, &path, timeouts).unwrap();
+    });
     let mut guest = Guest::activate(&mut dev);
     let mut host = connect(&path, 1024);
     let req = guest.expect_op(OP_REQUEST);
@@ -446,9 +442,7 @@ fn unanswered_request_times_out() {
 
 #[test]
 fn malformed_handshakes_close_only_their_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut good, port) = establish(&mut guest, &path);
     for line in [
@@ -499,9 +493,7 @@ fn guest_initiated_connection() {
 
 #[test]
 fn guest_connection_without_listener_is_reset() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, _path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     guest.send(pkt(OP_REQUEST, 40000, 6000), &[]);
     let rst = guest.expect_op(OP_RST);
@@ -510,9 +502,7 @@ fn guest_connection_without_listener_is_reset() {
 
 #[test]
 fn stray_packets_are_answered_with_rst() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, _path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let wrong_cid = Header {
         dst_cid: 7,
@@ -540,9 +530,7 @@ fn stray_packets_are_answered_with_rst() {
 
 #[test]
 fn credit_bounds_buffering_and_is_returned() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut host, port) = establish(&mut guest, &path);
 
@@ -579,9 +567,7 @@ fn credit_bounds_buffering_and_is_returned() {
 
 #[test]
 fn credit_overrun_resets_the_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut host, port) = establish(&mut guest, &path);
     // A guest that ignores credit, with a host that does not read: the
@@ -607,9 +593,7 @@ fn credit_overrun_resets_the_connection() {
 
 #[test]
 fn malformed_chains_are_returned_and_the_device_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, _path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let bad_chains = [
         vec![Descriptor::new(0xdead_0000_0000, 44, 0, 0)],
@@ -643,9 +627,7 @@ fn malformed_chains_are_returned_and_the_device_goes_on() {
 
 #[test]
 fn malformed_rx_buffers_are_returned_unused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, _path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate_with(&mut dev, 0);
     let bad = [
         Descriptor::new(RX_BUF_BASE, RX_BUF_SIZE, 0, 0),
@@ -676,9 +658,7 @@ fn malformed_rx_buffers_are_returned_unused() {
 
 #[test]
 fn no_interrupt_without_used_buffers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, _path, mut dev) = device(Timeouts::default());
     let guest = Guest::activate(&mut dev);
     guest.kicks[1].write(1).unwrap();
     guest.kicks[2].write(1).unwrap();
@@ -688,9 +668,7 @@ fn no_interrupt_without_used_buffers() {
 
 #[test]
 fn reset_drops_connections_and_the_device_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut host, _) = establish(&mut guest, &path);
     assert!(dev.reset());
@@ -771,9 +749,7 @@ fn socket_path_in_use_stale_and_removed_on_drop() {
 
 #[test]
 fn dropping_an_active_device_removes_its_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let (mut host, _) = establish(&mut guest, &path);
     drop(dev);
@@ -783,13 +759,10 @@ fn dropping_an_active_device_removes_its_socket() {
 
 #[test]
 fn connections_are_limited() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let timeouts = Timeouts {
+    let (_dir, path, mut dev) = device(Timeouts {
         connect: Duration::from_secs(60),
         ..Timeouts::default()
-    };
-    let mut dev = Vsock::with_timeouts(GUEST_CID, &path, timeouts).unwrap();
+    });
     // No rx buffers: every connection stays waiting for the guest.
     let _guest = Guest::activate_with(&mut dev, 0);
     let mut open = Vec::new();
@@ -811,9 +784,7 @@ fn connections_are_limited() {
 
 #[test]
 fn host_data_sent_before_ok_is_relayed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let mut dev = Vsock::new(GUEST_CID, &path).unwrap();
+    let (_dir, path, mut dev) = device(Timeouts::default());
     let mut guest = Guest::activate(&mut dev);
     let mut host = UnixStream::connect(&path).unwrap();
     host.set_read_timeout(Some(WAIT)).unwrap();
@@ -827,13 +798,10 @@ fn host_data_sent_before_ok_is_relayed() {
 
 #[test]
 fn silent_host_connections_time_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = socket_path(&dir);
-    let timeouts = Timeouts {
+    let (_dir, path, mut dev) = device(Timeouts {
         handshake: Duration::from_millis(100),
         ..Timeouts::default()
-    };
-    let mut dev = Vsock::with_timeouts(GUEST_CID, &path, timeouts).unwrap();
+    });
     let _guest = Guest::activate(&mut dev);
     let mut silent = UnixStream::connect(&path).unwrap();
     silent.set_read_timeout(Some(WAIT)).unwrap();
