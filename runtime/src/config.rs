@@ -55,6 +55,31 @@ pub struct Virtiofsd {
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
     pub log_level: String,
+    /// Where containers run unless `--isolation` or the container's
+    /// `io.kata-rs.isolation` annotation says otherwise.
+    pub isolation: Isolation,
+}
+
+/// Where a container runs: in its own microVM, or on the host in
+/// namespaces the way runc runs it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Vm,
+    Namespace,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vm" => Ok(Isolation::Vm),
+            "namespace" => Ok(Isolation::Namespace),
+            other => Err(format!(
+                "unknown isolation {other:?} (the choices are vm and namespace)"
+            )),
+        }
+    }
 }
 
 impl Default for Hypervisor {
@@ -82,6 +107,7 @@ impl Default for Runtime {
     fn default() -> Self {
         Self {
             log_level: "info".into(),
+            isolation: Isolation::Namespace,
         }
     }
 }

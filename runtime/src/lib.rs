@@ -4,9 +4,11 @@
 //! - [`config`]: the TOML configuration;
 //! - [`kvm`]: what kind of KVM the host has;
 //! - [`check`]: `kata-rs check`, what this host can run;
-//! - [`sandbox`]: a VM sandbox: the VMM process and the agent in it.
+//! - [`sandbox`]: a VM sandbox: the VMM process and the agent in it;
+//! - [`oci`]: the runc-compatible OCI command line.
 
 pub mod check;
 pub mod config;
 pub mod kvm;
+pub mod oci;
 pub mod sandbox;

@@ -1,63 +1,65 @@
-//! `kata-rs`: the runtime's command line.
+//! `kata-rs`: the runtime's command line (runc-compatible OCI commands and
+//! `check`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use kata_rs::check;
 use kata_rs::config::Config;
+use kata_rs::oci::cli::{Cli, Command};
+use kata_rs::oci::{self, log};
 use kata_rs::sandbox::{SandboxSpec, VmSandbox};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "kata-rs",
-    version,
-    about = "A VM-isolated OCI container runtime"
-)]
-struct Cli {
-    /// Configuration file (default: $KATA_RS_CONFIG, then /etc/kata-rs/configuration.toml).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Report whether this host can run VM mode (KVM kind, guest kernel,
-    /// initrd, VMM, virtiofsd) and what that means.
-    Check {
-        /// Also boot a microVM, ask its agent for its health, version and
-        /// guest details, and shut it down.
-        #[arg(long)]
-        boot: bool,
-        /// How long the agent may take to answer, in seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
-    },
-}
-
 fn main() {
+    // The Rust runtime ignores SIGPIPE; ignored signals survive exec, and
+    // the containers we start must see the default disposition.
+    // SAFETY: resetting a disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("kata-rs: {e:#}");
-        std::process::exit(1);
-    }
+    let global = cli.global.clone();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            // containerd and conmon read the error from the log file (the
+            // last error line's msg); stderr gets it for a person.
+            if global.log.is_some() {
+                tracing::error!("{msg}");
+            }
+            eprintln!("kata-rs: {msg}");
+            1
+        }
+    };
+    std::process::exit(code);
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let (config, config_path) = Config::load(cli.config.as_deref())?;
-    match cli.command {
-        Command::Check { boot, timeout } => {
-            let report = check::inspect(&config, Path::new("/"));
-            print!("{}", report.render(config_path.as_deref()));
-            if boot {
-                boot_check(&config, Duration::from_secs(timeout))?;
-            }
+fn run(cli: Cli) -> Result<i32> {
+    let (config, config_path) = Config::load(cli.global.config.as_deref())?;
+    // libcontainer and libcgroups report what they skip (absent cgroup
+    // controllers) as warnings; a container's stderr is the runtime's, so
+    // they speak only for errors unless debugging.
+    let level = if cli.global.debug {
+        "debug".to_owned()
+    } else {
+        let ours = cli
+            .global
+            .log_level
+            .as_deref()
+            .unwrap_or(&config.runtime.log_level);
+        format!("{ours},libcontainer=error,libcgroups=error")
+    };
+    log::init(cli.global.log.as_deref(), cli.global.log_format, &level).context("open the log")?;
+    if let Command::Check { boot, timeout } = cli.command {
+        let report = check::inspect(&config, Path::new("/"));
+        print!("{}", report.render(config_path.as_deref()));
+        if boot {
+            boot_check(&config, Duration::from_secs(timeout))?;
         }
+        return Ok(0);
     }
-    Ok(())
+    oci::dispatch(cli, &config)
 }
 
 /// Boots one microVM with the configured kernel and initrd and talks to its

@@ -1,0 +1,286 @@
+//! One container, loaded and locked: the operations of its life cycle.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::ContainerStatus;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::lock::IdLock;
+
+/// The state of a container as the OCI runtime spec and runc print it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    pub oci_version: String,
+    pub id: String,
+    pub status: String,
+    pub pid: i32,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+}
+
+/// What an exec runs, and how its caller reaches it.
+#[derive(Debug, Default)]
+pub struct ExecOptions {
+    pub process: Process,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: i32,
+    pub detached: bool,
+}
+
+#[derive(Debug)]
+pub struct Container {
+    inner: libcontainer::container::Container,
+    lock: IdLock,
+}
+
+impl Container {
+    pub(crate) fn new(inner: libcontainer::container::Container, lock: IdLock) -> Self {
+        Container { inner, lock }
+    }
+
+    pub fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    /// The init's pid while it runs (or waits to start).
+    pub fn pid(&self) -> Option<i32> {
+        self.inner.pid().map(|p| p.as_raw())
+    }
+
+    pub fn status(&self) -> String {
+        self.inner.status().to_string().to_ascii_lowercase()
+    }
+
+    pub fn bundle(&self) -> &Path {
+        self.inner.bundle()
+    }
+
+    /// The bundle's config.json as the container was created from it.
+    pub fn spec(&self) -> Result<Spec> {
+        crate::engine::load_bundle_spec(self.id(), self.bundle())
+    }
+
+    pub fn state(&self) -> Result<OciState> {
+        let spec = self.spec().ok();
+        let rootfs = spec
+            .as_ref()
+            .and_then(|s| s.root().as_ref())
+            .map(|r| self.bundle().join(r.path()))
+            .unwrap_or_default();
+        let stopped = self.inner.status() == ContainerStatus::Stopped;
+        Ok(OciState {
+            oci_version: "1.0.2".to_owned(),
+            id: self.id().to_owned(),
+            status: self.status(),
+            pid: if stopped { 0 } else { self.pid().unwrap_or(0) },
+            bundle: self.bundle().to_owned(),
+            rootfs,
+            created: self
+                .inner
+                .created()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                .unwrap_or_default(),
+            owner: self
+                .inner
+                .creator()
+                .map(|o| o.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            annotations: spec
+                .and_then(|s| s.annotations().clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn wrong_status(&self, action: &'static str) -> EngineError {
+        EngineError::WrongStatus {
+            id: self.id().to_owned(),
+            status: self.status(),
+            action,
+        }
+    }
+
+    /// Runs the process of a created container (the user's program).
+    pub fn start(&mut self) -> Result<()> {
+        if !self.inner.can_start() {
+            return Err(self.wrong_status("start it (only a created container starts)"));
+        }
+        let id = self.id().to_owned();
+        self.inner
+            .start()
+            .map_err(|e| EngineError::engine(&id, "start", e))
+    }
+
+    /// Sends `signal` to the init, or with `all` to every process of the
+    /// container.
+    pub fn kill(&mut self, signal: Signal, all: bool) -> Result<()> {
+        let before = self.inner.status();
+        if !(self.inner.can_kill() || all && before == ContainerStatus::Stopped) {
+            return Err(self.wrong_status("signal it (it is not running)"));
+        }
+        let id = self.id().to_owned();
+        self.inner
+            .kill(signal, all)
+            .map_err(|e| EngineError::engine(&id, "kill", e))?;
+        // libcontainer records "stopped" after any signal; a signal that did
+        // not end the init leaves the container as it was (paused, created).
+        self.inner
+            .refresh_status()
+            .map_err(|e| EngineError::engine(&id, "refresh state", e))?;
+        if self.inner.status() != ContainerStatus::Stopped && before != ContainerStatus::Running {
+            self.inner.set_status(before);
+        }
+        self.inner
+            .save()
+            .map_err(|e| EngineError::engine(&id, "save state", e))
+    }
+
+    pub fn pause(&mut self) -> Result<()> {
+        if !self.inner.can_pause() {
+            return Err(self.wrong_status("pause it (only a running container pauses)"));
+        }
+        let id = self.id().to_owned();
+        self.inner
+            .pause()
+            .map_err(|e| EngineError::engine(&id, "pause", e))
+    }
+
+    pub fn resume(&mut self) -> Result<()> {
+        if !self.inner.can_resume() {
+            return Err(self.wrong_status("resume it (it is not paused)"));
+        }
+        let id = self.id().to_owned();
+        self.inner
+            .resume()
+            .map_err(|e| EngineError::engine(&id, "resume", e))
+    }
+
+    /// Removes the container: its processes (with `force`, or when it is
+    /// only created), cgroup, state and lock. Runs the poststop hooks.
+    pub fn delete(mut self, force: bool) -> Result<()> {
+        let status = self.inner.status();
+        let stoppable = matches!(status, ContainerStatus::Stopped | ContainerStatus::Created);
+        if !stoppable && !force {
+            return Err(self.wrong_status("delete it without --force"));
+        }
+        let id = self.id().to_owned();
+        self.inner
+            .delete(force)
+            .map_err(|e| EngineError::engine(&id, "delete", e))?;
+        self.lock.remove();
+        Ok(())
+    }
+
+    /// Starts `opts.process` in the container's namespaces and cgroup and
+    /// returns its pid; unless detached, it is the caller's child.
+    pub fn exec(&self, opts: ExecOptions) -> Result<i32> {
+        let id = self.id().to_owned();
+        if !matches!(self.inner.status(), ContainerStatus::Running) {
+            return Err(self.wrong_status("exec in it (it is not running)"));
+        }
+        let process_file = self
+            .inner
+            .root
+            .join(format!("exec-{}.json", std::process::id()));
+        let json = serde_json::to_vec(&opts.process).map_err(|e| EngineError::Engine {
+            id: id.clone(),
+            step: "write the exec process",
+            message: e.to_string(),
+        })?;
+        std::fs::write(&process_file, json)
+            .map_err(|e| EngineError::io(&id, "write the exec process", e))?;
+        let built = ContainerBuilder::new(id.clone(), SyscallType::default())
+            .with_root_path(self.inner.root.parent().unwrap_or(Path::new("/")))
+            .and_then(|b| b.with_pid_file(opts.pid_file.as_ref()))
+            .map(|b| {
+                b.with_console_socket(opts.console_socket.as_ref())
+                    .with_preserved_fds(opts.preserve_fds)
+                    .as_tenant()
+                    .with_detach(opts.detached)
+                    .with_process(Some(&process_file))
+                    .build()
+            });
+        let _ = std::fs::remove_file(&process_file);
+        let pid = built
+            .and_then(|r| r)
+            .map_err(|e| EngineError::engine(&id, "exec", e))?;
+        Ok(pid.as_raw())
+    }
+
+    fn cgroup(&self) -> Result<AnyCgroupManager> {
+        let id = self.id().to_owned();
+        let cgroup_path = self
+            .inner
+            .spec()
+            .map_err(|e| EngineError::engine(&id, "read the saved config", e))?
+            .cgroup_path;
+        libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path,
+            systemd_cgroup: self.inner.systemd(),
+            container_name: id.clone(),
+        })
+        .map_err(|e| EngineError::Engine {
+            id,
+            step: "open the cgroup",
+            message: crate::error::chain(&e),
+        })
+    }
+
+    /// The pids of every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let id = self.id().to_owned();
+        let pids = self
+            .cgroup()?
+            .get_all_pids()
+            .map_err(|e| EngineError::Engine {
+                id,
+                step: "list processes",
+                message: crate::error::chain(&e),
+            })?;
+        Ok(pids.into_iter().map(|p| p.as_raw()).collect())
+    }
+
+    /// Applies new resource limits to a created, running or paused container.
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        if self.inner.status() == ContainerStatus::Stopped {
+            return Err(self.wrong_status("update it (it is not running)"));
+        }
+        let id = self.id().to_owned();
+        let opts = ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        self.cgroup()?
+            .apply(&opts)
+            .map_err(|e| EngineError::Engine {
+                id,
+                step: "update resources",
+                message: crate::error::chain(&e),
+            })
+    }
+
+    /// Cgroup statistics in the shape `runc events --stats` prints.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let id = self.id().to_owned();
+        let stats = self.cgroup()?.stats().map_err(|e| EngineError::Engine {
+            id,
+            step: "read statistics",
+            message: crate::error::chain(&e),
+        })?;
+        Ok(crate::stats::runc_json(&stats))
+    }
+}
