@@ -46,6 +46,9 @@ export KATA_RS_TEST_INITRD=$KATA_RS_INITRD
 # agent's PID-1 test needs root, which this script has.
 run_step "unit and host tests" cargo test --workspace --exclude kata-rs-tests --exclude kata-rs-agent --locked
 run_step "agent tests, PID 1 in namespaces included" cargo test -p kata-rs-agent --locked -- --include-ignored
+export KATA_RS_TEST_RUNTIME=$repo_root/target/debug/kata-rs
+run_step "OCI command line, namespace mode" env KATA_RS_TEST_ISOLATION=namespace \
+    cargo test -p kata-rs-tests --test oci_cli --locked
 
 mode=$(kvm_mode)
 echo "=== KVM on this host: $mode"

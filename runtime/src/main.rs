@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::Parser as _;
 use kata_rs::check;
 use kata_rs::config::Config;
 use kata_rs::oci::cli::{Cli, Command};
@@ -17,7 +17,18 @@ fn main() {
     // the containers we start must see the default disposition.
     // SAFETY: resetting a disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line, as for every other error: the callers of an OCI
+            // runtime show its stderr or log as the reason.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("kata-rs: {}", first.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
     let global = cli.global.clone();
     let code = match run(cli) {
         Ok(code) => code,

@@ -1,0 +1,444 @@
+//! `kata-rs` as an OCI runtime, driven the way conmon and containerd drive
+//! runc: life cycle and OCI state, exit codes and streams, signals, exec,
+//! pause/resume, hooks, bad input, and no leftovers after any of it.
+//!
+//! Runs with the isolation in $KATA_RS_TEST_ISOLATION (namespace by
+//! default; tests/run.sh runs it natively as root).
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use kata_rs_tests::oci::*;
+use serde_json::json;
+
+fn id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A failed command: non-zero, and one line on stderr that says `needle`.
+fn assert_one_line_error(out: &std::process::Output, needle: &str) {
+    assert!(!out.status.success(), "expected a failure: {out:?}");
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
+    assert!(
+        lines[0].starts_with("kata-rs: ") && lines[0].contains(needle),
+        "error {:?} does not say {needle:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn create_start_kill_delete_follow_the_oci_life_cycle() {
+    let rt = Runtime::new();
+    let id = id("life");
+    let bundle = Bundle::new(&id, &["sleep", "300"]);
+    let pid_file = bundle.path().join("pid");
+    let iso = format!("--isolation={}", isolation());
+    rt.ok(&[
+        "create",
+        &iso,
+        "--bundle",
+        bundle.path().to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
+    let state = rt.state(&id);
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], id.as_str());
+    assert_eq!(state["bundle"], bundle.path().to_str().unwrap());
+    assert!(state["ociVersion"].as_str().unwrap().starts_with("1."));
+    let pid: i64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(state["pid"], pid);
+
+    rt.ok(&["start", &id]);
+    assert_eq!(rt.status(&id), "running");
+    let list = rt.ok(&["list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    let gone = rt.run(&["state", &id]);
+    assert_one_line_error(&gone, "does not exist");
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn run_propagates_the_exit_code_and_keeps_streams_apart() {
+    let rt = Runtime::new();
+    let id = id("exit");
+    let bundle = Bundle::new(&id, &["sh", "-c", "echo out; echo err >&2; exit 42"]);
+    let iso = format!("--isolation={}", isolation());
+    let out = rt.run(&[
+        "run",
+        &iso,
+        "--bundle",
+        bundle.path().to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(stderr(&out), "err\n");
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn run_passes_stdin_through() {
+    let rt = Runtime::new();
+    let id = id("stdin");
+    let bundle = Bundle::new(&id, &["sh", "-c", "read line; echo got:$line"]);
+    let iso = format!("--isolation={}", isolation());
+    let mut child = rt
+        .command(&[
+            "run",
+            &iso,
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            &id,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = wait_output(child, command_timeout(), "kata-rs run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:hello\n");
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn signals_to_run_reach_the_container() {
+    let rt = Runtime::new();
+    let id = id("sig");
+    let bundle = Bundle::new(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo term; exit 3' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    let iso = format!("--isolation={}", isolation());
+    let mut child = rt
+        .command(&[
+            "run",
+            &iso,
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            &id,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = wait_output(child, command_timeout(), "kata-rs run");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "term\n");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn a_container_killed_by_a_signal_reports_128_plus_n() {
+    let rt = Runtime::new();
+    let id = id("kill9");
+    let bundle = Bundle::new(&id, &["sleep", "300"]);
+    let iso = format!("--isolation={}", isolation());
+    let child = rt
+        .command(&[
+            "run",
+            &iso,
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            &id,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rt.wait_status(&id, "running");
+    rt.ok(&["kill", &id, "KILL"]);
+    let out = wait_output(child, command_timeout(), "kata-rs run");
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn exec_runs_with_env_cwd_and_user() {
+    let rt = Runtime::new();
+    let id = id("exec");
+    let bundle = Bundle::new(&id, &["sleep", "300"]);
+    assert!(rt.create(&id, &bundle).status.success());
+    rt.ok(&["start", &id]);
+    let out = rt.ok(&[
+        "exec",
+        "--env",
+        "GREETING=hi",
+        "--cwd",
+        "/tmp",
+        "--user",
+        "1000:1000",
+        &id,
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; id -u; id -g",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi\n/tmp\n1000\n1000\n"
+    );
+    let failed = rt.run(&["exec", &id, "sh", "-c", "exit 7"]);
+    assert_eq!(failed.status.code(), Some(7));
+
+    let process = bundle.path().join("process.json");
+    std::fs::write(
+        &process,
+        serde_json::to_vec(&json!({
+            "args": ["sh", "-c", "echo from-process-json"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0},
+            "env": ["PATH=/bin"],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let out = rt.ok(&["exec", "--process", process.to_str().unwrap(), &id]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-process-json\n");
+
+    let ps = rt.ok(&["ps", "--format", "json", &id]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(!pids.is_empty());
+
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let rt = Runtime::new();
+    let id = id("pause");
+    let bundle = Bundle::new(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+        ],
+    );
+    assert!(rt.create(&id, &bundle).status.success());
+    rt.ok(&["start", &id]);
+    let count = || {
+        let out = rt.ok(&["exec", &id, "cat", "/tmp/count"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    rt.ok(&["pause", &id]);
+    assert_eq!(rt.status(&id), "paused");
+    let frozen = std::fs::read_to_string(bundle.rootfs().join("tmp/count")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let still = std::fs::read_to_string(bundle.rootfs().join("tmp/count")).unwrap();
+    assert_eq!(frozen, still, "the counter advanced while paused");
+    // A signal that does not end the container leaves it paused.
+    rt.ok(&["kill", &id, "SIGCONT"]);
+    assert_eq!(rt.status(&id), "paused");
+    rt.ok(&["resume", &id]);
+    assert_eq!(rt.status(&id), "running");
+    let before = count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(count() > before, "the counter did not advance after resume");
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn hooks_run_in_order_and_a_failing_hook_stops_create() {
+    let rt = Runtime::new();
+    let id = id("hooks");
+    let mut bundle = Bundle::new(&id, &["true"]);
+    let trace = bundle.path().join("trace");
+    let hook = bundle.path().join("hook.sh");
+    write_script(
+        &hook,
+        &format!(
+            "read state; echo \"$1 $(echo \"$state\" | grep -o '\"status\":\"[a-z]*\"')\" >> {}",
+            trace.display()
+        ),
+    );
+    let entry = |name: &str| json!([{"path": hook.to_str().unwrap(), "args": ["hook.sh", name]}]);
+    bundle.config["hooks"] = json!({
+        "createRuntime": entry("createRuntime"),
+        "poststart": entry("poststart"),
+        "poststop": entry("poststop"),
+    });
+    bundle.save();
+    let iso = format!("--isolation={}", isolation());
+    let out = rt.run(&[
+        "run",
+        &iso,
+        "--bundle",
+        bundle.path().to_str().unwrap(),
+        &id,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trace_text = std::fs::read_to_string(&trace).unwrap();
+    let order: Vec<&str> = trace_text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["createRuntime", "poststart", "poststop"],
+        "{trace_text}"
+    );
+    assert!(
+        trace_text.contains("\"status\":\"creating\""),
+        "{trace_text}"
+    );
+    rt.assert_clean(&id, &bundle);
+
+    let failing = bundle.path().join("fail.sh");
+    write_script(&failing, "echo hook-says-no >&2; exit 5");
+    bundle.config["hooks"] = json!({"createRuntime": [{"path": failing.to_str().unwrap()}]});
+    bundle.save();
+    let out = rt.create(&id, &bundle);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("hook"), "{}", stderr(&out));
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn bad_input_gets_one_clear_error_and_changes_nothing() {
+    let rt = Runtime::new();
+    let id = id("bad");
+    let mut bundle = Bundle::new(&id, &["sleep", "300"]);
+    let b = bundle.path().to_str().unwrap().to_owned();
+    let iso = format!("--isolation={}", isolation());
+
+    std::fs::write(bundle.path().join("config.json"), "{ not json").unwrap();
+    assert_one_line_error(&rt.create(&id, &bundle), "not a valid OCI config");
+    bundle.config["ociVersion"] = "0.1".into();
+    bundle.save();
+    assert_one_line_error(&rt.create(&id, &bundle), "not supported");
+    bundle.config["ociVersion"] = "1.0.2".into();
+    bundle.config["root"]["path"] = "missing-rootfs".into();
+    bundle.save();
+    assert_one_line_error(&rt.create(&id, &bundle), "missing-rootfs");
+    bundle.config["root"]["path"] = "rootfs".into();
+    bundle.save();
+    assert_one_line_error(
+        &rt.run(&["create", "--isolation=container", "--bundle", &b, &id]),
+        "container",
+    );
+    assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
+
+    assert_one_line_error(
+        &rt.run(&["create", &iso, "--bundle", &b, "a/b"]),
+        "invalid container id",
+    );
+    assert_one_line_error(&rt.run(&["start", &id]), "does not exist");
+    assert_one_line_error(&rt.run(&["kill", &id]), "does not exist");
+    assert_one_line_error(&rt.run(&["delete", &id]), "does not exist");
+    rt.ok(&["delete", "--force", &id]);
+
+    assert!(rt.create(&id, &bundle).status.success());
+    let before = rt.state(&id);
+    assert_one_line_error(&rt.create(&id, &bundle), "already exists");
+    assert_one_line_error(&rt.run(&["kill", &id, "SIGNOPE"]), "unknown signal");
+    rt.ok(&["start", &id]);
+    assert_one_line_error(&rt.run(&["start", &id]), "running");
+    assert_one_line_error(&rt.run(&["delete", &id]), "--force");
+    let after = rt.state(&id);
+    assert_eq!(before["pid"], after["pid"]);
+    assert_eq!(after["status"], "running");
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn errors_reach_a_json_log_as_containerd_reads_it() {
+    let mut rt = Runtime::new();
+    let log = rt.root.path().with_extension("log.json");
+    rt.log = Some(log.clone());
+    let out = rt.run(&["state", "no-such-container"]);
+    assert!(!out.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error");
+    assert!(
+        last["msg"].as_str().unwrap().contains("does not exist"),
+        "{text}"
+    );
+    assert!(last["time"].is_string());
+}
+
+#[test]
+fn spec_and_features_print_what_callers_parse() {
+    let rt = Runtime::new();
+    let features = rt.ok(&["features"]);
+    let features: serde_json::Value = serde_json::from_slice(&features.stdout).unwrap();
+    assert!(features["ociVersionMax"]
+        .as_str()
+        .unwrap()
+        .starts_with("1."));
+    assert_eq!(features["linux"]["seccomp"]["enabled"], true);
+    let dir = tempfile::tempdir().unwrap();
+    rt.ok(&["spec", "--bundle", dir.path().to_str().unwrap()]);
+    let again = rt.run(&["spec", "--bundle", dir.path().to_str().unwrap()]);
+    assert_one_line_error(&again, "already exists");
+}
+
+#[test]
+fn concurrent_commands_on_one_container_stay_consistent() {
+    let rt = std::sync::Arc::new(Runtime::new());
+    let id = id("conc");
+    let bundle = Bundle::new(&id, &["sleep", "300"]);
+    assert!(rt.create(&id, &bundle).status.success());
+    rt.ok(&["start", &id]);
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let rt = rt.clone();
+            let id = id.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let cmd = if i % 2 == 0 { "state" } else { "ps" };
+                    rt.ok(&[cmd, &id]);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    rt.assert_clean(&id, &bundle);
+}
