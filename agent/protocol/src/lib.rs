@@ -4,7 +4,8 @@
 //! protobuf messages and ttrpc (sync) clients and servers:
 //!
 //! - [`health`] / [`health_ttrpc`]: `Health { Check, Version }`
-//! - [`agent`] / [`agent_ttrpc`]: `AgentService { GetGuestDetails, DestroySandbox }`
+//! - [`agent`] / [`agent_ttrpc`]: `AgentService { GetGuestDetails, DestroySandbox,
+//!   CreateContainer, StartContainer, ExecProcess, ... }`
 //!
 //! The host reaches the agent through the VMM's hybrid vsock Unix socket
 //! ([`hybrid::connect`]), then speaks ttrpc over that stream ([`AgentClient`]).
@@ -20,7 +21,10 @@ pub use client::{AgentClient, ClientError};
 /// The vsock port the agent serves ttrpc on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The vsock port of process stdio streams (see protos/agent.proto).
+pub const STDIO_VSOCK_PORT: u32 = 1025;
+
 /// Revision of the protocol in `protos/`, reported by `Health.Version`.
 /// Bump it on any change a peer built from an older revision cannot decode
 /// or would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
