@@ -24,6 +24,13 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The vsock port of process stdio streams (see protos/agent.proto).
 pub const STDIO_VSOCK_PORT: u32 = 1025;
 
+/// The virtio-fs tag of the directory the host shares with the guest
+/// (container root filesystems and bind-mount sources).
+pub const SHARED_FS_TAG: &str = "kataShared";
+
+/// Where the agent mounts that share in the guest.
+pub const GUEST_SHARE_DIR: &str = "/run/kata-rs/shared";
+
 /// Revision of the protocol in `protos/`, reported by `Health.Version`.
 /// Bump it on any change a peer built from an older revision cannot decode
 /// or would misread.
