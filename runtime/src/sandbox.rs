@@ -54,6 +54,8 @@ pub enum SandboxError {
 pub struct SandboxSpec {
     pub vcpus: u8,
     pub memory_mib: u64,
+    /// virtio-fs shares: tag and virtiofsd's vhost-user socket.
+    pub fs: Vec<(String, PathBuf)>,
 }
 
 impl SandboxSpec {
@@ -61,6 +63,7 @@ impl SandboxSpec {
         Self {
             vcpus: hv.vcpus,
             memory_mib: hv.memory_mib,
+            fs: Vec::new(),
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct VmSandbox {
     dir: PathBuf,
     uds: PathBuf,
     console: PathBuf,
+    /// Handed over to a later command: dropping this handle leaves the VMM.
+    detached: bool,
 }
 
 impl VmSandbox {
@@ -106,6 +111,9 @@ impl VmSandbox {
         if !hv.kernel_params.is_empty() {
             cmd.arg("--cmdline-append").arg(&hv.kernel_params);
         }
+        for (tag, socket) in &spec.fs {
+            cmd.arg("--fs").arg(format!("{tag}={}", socket.display()));
+        }
         // Its own session: the VMM must outlive a CLI that is interrupted,
         // and not receive the terminal's signals.
         // SAFETY: setsid is async-signal-safe and touches no Rust state.
@@ -124,7 +132,14 @@ impl VmSandbox {
             dir: dir.to_owned(),
             uds,
             console,
+            detached: false,
         })
+    }
+
+    /// Leaves the VMM running when this handle goes: the OCI command line
+    /// creates a VM in one command and stops it in another.
+    pub fn detach(mut self) {
+        self.detached = true;
     }
 
     pub fn vmm_pid(&self) -> u32 {
@@ -216,6 +231,9 @@ impl Drop for VmSandbox {
     /// A sandbox dropped without a clean destroy must not leave its VMM
     /// running.
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if let Ok(None) = self.vmm.try_wait() {
             let _ = self.vmm.kill();
             let _ = self.vmm.wait();

@@ -125,12 +125,17 @@ impl Container {
 
     /// Sends `signal` to the init, or with `all` to every process of the
     /// container.
-    pub fn kill(&mut self, signal: Signal, all: bool) -> Result<()> {
+    pub fn kill(&mut self, signal: nix::sys::signal::Signal, all: bool) -> Result<()> {
         let before = self.inner.status();
         if !(self.inner.can_kill() || all && before == ContainerStatus::Stopped) {
             return Err(self.wrong_status("signal it (it is not running)"));
         }
         let id = self.id().to_owned();
+        let signal = Signal::try_from(signal as i32).map_err(|e| EngineError::Engine {
+            id: id.clone(),
+            step: "kill",
+            message: e.to_string(),
+        })?;
         self.inner
             .kill(signal, all)
             .map_err(|e| EngineError::engine(&id, "kill", e))?;

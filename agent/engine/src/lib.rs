@@ -12,16 +12,17 @@
 //! - [`container`]: start, state, kill, pause, resume, delete, exec, pids,
 //!   update, stats;
 //! - [`stats`]: cgroup statistics in the JSON shape of `runc events`;
+//! - [`hooks`]: OCI hooks run outside create/start (for VM containers);
 //! - [`error`]: errors that name the container and the step.
 
 pub mod container;
 pub mod engine;
 pub mod error;
+pub mod hooks;
 pub mod lock;
 pub mod stats;
 
 pub use container::{Container, ExecOptions, OciState};
-pub use engine::{CreateOptions, Engine};
+pub use engine::{load_bundle_spec, validate_id, CreateOptions, Engine};
 pub use error::{EngineError, Result};
-pub use libcontainer::signal::Signal;
 pub use oci_spec::runtime::{LinuxResources, Process, Spec};

@@ -154,6 +154,20 @@ pub enum Command {
         cpu_shares: Option<u64>,
         id: String,
     },
+    /// Internal: the host process that stands for a VM container's process
+    /// (started by create and exec).
+    #[command(hide = true, name = "vm-monitor")]
+    VmMonitor {
+        #[arg(long)]
+        exec_id: Option<String>,
+        #[arg(long)]
+        tty: bool,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        control_fd: i32,
+        id: String,
+    },
     /// Print a container's resource usage as JSON events.
     Events {
         /// One statistics event, then exit.

@@ -4,6 +4,7 @@
 //! - [`cli`]: the flags;
 //! - [`log`]: text or JSON-lines logging for containerd and conmon;
 //! - [`namespace`]: namespace mode;
+//! - [`vm`]: VM mode;
 //! - [`foreground`]: waiting for a process and forwarding signals;
 //! - [`templates`]: `spec` and `features`.
 
@@ -12,11 +13,13 @@ pub mod foreground;
 pub mod log;
 pub mod namespace;
 pub mod templates;
+pub mod vm;
 
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use kata_rs_engine::{Engine, Signal};
+use kata_rs_engine::Engine;
+use nix::sys::signal::Signal;
 
 use crate::config::{Config, Isolation};
 use cli::{Cli, Command, CreateArgs, ListFormat};
@@ -27,45 +30,93 @@ pub const ISOLATION_ANNOTATION: &str = "io.kata-rs.isolation";
 /// Runs one OCI command; returns the process's exit code.
 pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
     let g = &cli.global;
-    let engine = || Engine::new(&g.root, g.systemd_cgroup).map_err(anyhow::Error::from);
+    let root = g.root.as_path();
+    let engine = || Engine::new(root, g.systemd_cgroup).map_err(anyhow::Error::from);
+    let is_vm = |id: &str| vm::state::is_vm(root, id);
     match cli.command {
         Command::Check { .. } => unreachable!("handled by main"),
-        Command::Create(args) => {
-            require_namespace(&args, config)?;
-            namespace::create(&engine()?, &args)?;
-        }
+        Command::VmMonitor {
+            exec_id,
+            tty,
+            console_socket,
+            control_fd,
+            id,
+        } => return vm::monitor_main(root, &id, exec_id, tty, console_socket, control_fd),
+        Command::Create(args) => match isolation(&args, config)? {
+            Isolation::Namespace => drop(namespace::create(&engine()?, &args)?),
+            Isolation::Vm => {
+                engine()?;
+                vm::create(root, config, &args)?
+            }
+        },
         Command::Run { create, detach, .. } => {
-            require_namespace(&create, config)?;
-            return namespace::run(&engine()?, &create, detach);
+            return match isolation(&create, config)? {
+                Isolation::Namespace => namespace::run(&engine()?, &create, detach),
+                Isolation::Vm => {
+                    engine()?;
+                    vm::run(root, config, &create, detach)
+                }
+            }
         }
+        Command::Start { id } if is_vm(&id) => vm::Vm::load(root, &id)?.start()?,
         Command::Start { id } => engine()?.load(&id)?.start()?,
         Command::State { id } => {
-            let state = engine()?.load(&id)?.state()?;
+            let state = if is_vm(&id) {
+                vm::Vm::load(root, &id)?.oci_state()
+            } else {
+                engine()?.load(&id)?.state()?
+            };
             println!("{}", serde_json::to_string_pretty(&state)?);
         }
         Command::Kill { all, id, signal } => {
             let signal = parse_signal(&signal)?;
-            engine()?.load(&id)?.kill(signal, all)?;
+            if is_vm(&id) {
+                vm::Vm::load(root, &id)?.kill(signal as i32, all)?;
+            } else {
+                engine()?.load(&id)?.kill(signal, all)?;
+            }
         }
+        Command::Delete { force, id } if is_vm(&id) => vm::Vm::load(root, &id)?.delete(force)?,
         Command::Delete { force, id } => delete(&engine()?, &id, force)?,
+        Command::Exec(args) if is_vm(&args.id) => {
+            let bundle = vm::state::VmState::load(root, &args.id)?.bundle;
+            let spec = kata_rs_engine::load_bundle_spec(&args.id, &bundle)?;
+            let process = serde_json::to_value(namespace::exec_process(&spec, &args)?)?;
+            return vm::exec(root, &args, process);
+        }
         Command::Exec(args) => return namespace::exec(&engine()?, &args),
         Command::Ps {
             format,
             id,
             ps_args,
         } => {
-            let pids = engine()?.load(&id)?.pids()?;
-            match format {
-                ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
-                ListFormat::Table => print!("{}", namespace::ps_table(&pids, &ps_args)?),
+            if is_vm(&id) {
+                let pids = vm::Vm::load(root, &id)?.pids()?;
+                match format {
+                    ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
+                    ListFormat::Table => {
+                        println!("PID (in the VM)");
+                        for p in pids {
+                            println!("{p}");
+                        }
+                    }
+                }
+            } else {
+                let pids = engine()?.load(&id)?.pids()?;
+                match format {
+                    ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
+                    ListFormat::Table => print!("{}", namespace::ps_table(&pids, &ps_args)?),
+                }
             }
         }
-        Command::List { format, quiet } => list(&engine()?, format, quiet)?,
+        Command::List { format, quiet } => list(root, &engine()?, format, quiet)?,
         Command::Spec { bundle } => {
             templates::write_spec(&bundle, g.rootless.as_deref() == Some("true"))?
         }
         Command::Features => println!("{}", templates::features()),
+        Command::Pause { id } if is_vm(&id) => vm::Vm::load(root, &id)?.pause()?,
         Command::Pause { id } => engine()?.load(&id)?.pause()?,
+        Command::Resume { id } if is_vm(&id) => vm::Vm::load(root, &id)?.resume()?,
         Command::Resume { id } => engine()?.load(&id)?.resume()?,
         Command::Update {
             resources,
@@ -100,14 +151,18 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
                 set(&mut value, "cpu", "shares", s.into());
             }
             let resources: kata_rs_engine::LinuxResources =
-                serde_json::from_value(value).context("invalid resources")?;
-            engine()?.load(&id)?.update(&resources)?;
+                serde_json::from_value(value.clone()).context("invalid resources")?;
+            if is_vm(&id) {
+                vm::Vm::load(root, &id)?.update(&value)?;
+            } else {
+                engine()?.load(&id)?.update(&resources)?;
+            }
         }
         Command::Events {
             stats,
             interval,
             id,
-        } => events(&engine()?, &id, stats, interval)?,
+        } => events(root, &engine()?, &id, stats, interval)?,
     }
     Ok(0)
 }
@@ -135,20 +190,19 @@ pub fn isolation(args: &CreateArgs, config: &Config) -> Result<Isolation> {
     }
 }
 
-fn require_namespace(args: &CreateArgs, config: &Config) -> Result<()> {
-    match isolation(args, config)? {
-        Isolation::Namespace => Ok(()),
-        Isolation::Vm => bail!(
-            "container {}: VM isolation is not available from the OCI command line yet; \
-             use --isolation=namespace (kata-rs check --boot runs a microVM)",
-            args.id
-        ),
-    }
-}
-
-/// Signals by name (TERM, SIGTERM) or number, as runc takes them.
+/// Signals by name (TERM, SIGTERM, any case) or number, as runc takes them.
 pub fn parse_signal(signal: &str) -> Result<Signal> {
-    Signal::try_from(signal).map_err(|_| anyhow::anyhow!("unknown signal {signal:?}"))
+    let unknown = || anyhow::anyhow!("unknown signal {signal:?}");
+    if let Ok(n) = signal.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| unknown());
+    }
+    let upper = signal.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse().map_err(|_| unknown())
 }
 
 fn delete(engine: &Engine, id: &str, force: bool) -> Result<()> {
@@ -160,7 +214,7 @@ fn delete(engine: &Engine, id: &str, force: bool) -> Result<()> {
     }
 }
 
-fn list(engine: &Engine, format: ListFormat, quiet: bool) -> Result<()> {
+fn list(root: &std::path::Path, engine: &Engine, format: ListFormat, quiet: bool) -> Result<()> {
     let mut states = Vec::new();
     for id in engine.ids()? {
         // A container deleted meanwhile is simply not listed.
@@ -168,6 +222,12 @@ fn list(engine: &Engine, format: ListFormat, quiet: bool) -> Result<()> {
             states.push(state);
         }
     }
+    for id in vm::ids(root) {
+        if let Ok(vm) = vm::Vm::load(root, &id) {
+            states.push(vm.oci_state());
+        }
+    }
+    states.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out = std::io::stdout().lock();
     if quiet {
         for s in &states {
@@ -196,14 +256,28 @@ fn list(engine: &Engine, format: ListFormat, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn events(engine: &Engine, id: &str, once: bool, interval: u64) -> Result<()> {
+fn events(
+    root: &std::path::Path,
+    engine: &Engine,
+    id: &str,
+    once: bool,
+    interval: u64,
+) -> Result<()> {
     loop {
-        let container = engine.load(id)?;
-        if container.status() == "stopped" {
-            bail!("container {id} is not running");
-        }
-        let event = serde_json::json!({"type": "stats", "id": id, "data": container.stats()?});
-        drop(container);
+        let data = if vm::state::is_vm(root, id) {
+            let vm = vm::Vm::load(root, id)?;
+            if vm.status() == "stopped" {
+                bail!("container {id} is not running");
+            }
+            vm.stats()?
+        } else {
+            let container = engine.load(id)?;
+            if container.status() == "stopped" {
+                bail!("container {id} is not running");
+            }
+            container.stats()?
+        };
+        let event = serde_json::json!({"type": "stats", "id": id, "data": data});
         println!("{event}");
         if once {
             return Ok(());

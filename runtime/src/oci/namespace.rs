@@ -48,7 +48,7 @@ pub fn run(engine: &Engine, args: &CreateArgs, detach: bool) -> Result<i32> {
 
 /// The process an `exec` runs: `--process FILE` as is, or the container's
 /// own process with the command line's changes (as runc builds it).
-pub fn exec_process(container: &Container, args: &ExecArgs) -> Result<Process> {
+pub fn exec_process(spec: &kata_rs_engine::Spec, args: &ExecArgs) -> Result<Process> {
     if let Some(path) = &args.process {
         let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         return serde_json::from_slice(&text)
@@ -58,7 +58,6 @@ pub fn exec_process(container: &Container, args: &ExecArgs) -> Result<Process> {
         !args.command.is_empty(),
         "exec needs a command or --process FILE"
     );
-    let spec = container.spec()?;
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(args.command.clone()));
     process.set_terminal(Some(args.tty));
@@ -132,7 +131,7 @@ fn add_capabilities(process: &mut Process, caps: &[String]) -> Result<()> {
 /// `exec`: returns the exit code (0 when detached).
 pub fn exec(engine: &Engine, args: &ExecArgs) -> Result<i32> {
     let container = engine.load(&args.id)?;
-    let process = exec_process(&container, args)?;
+    let process = exec_process(&container.spec()?, args)?;
     let opts = ExecOptions {
         process,
         pid_file: args.pid_file.clone(),

@@ -1,0 +1,77 @@
+//! Host processes of a VM container (VMM, virtiofsd, monitor) named by pid
+//! and start time, so a recycled pid is never mistaken for ours.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcRef {
+    pub pid: i32,
+    /// Field 22 of /proc/<pid>/stat: clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// The start time of `pid` and whether it is a zombie.
+fn stat(pid: i32) -> Option<(u64, bool)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after
+    // the last ')'.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first() == Some(&"Z");
+    // rest starts at field 3 (state), so field 22 is index 19.
+    let start = fields.get(19)?.parse().ok()?;
+    Some((start, zombie))
+}
+
+impl ProcRef {
+    pub fn of(pid: i32) -> Option<Self> {
+        stat(pid).map(|(start_time, _)| ProcRef { pid, start_time })
+    }
+
+    /// Still running (a zombie has ended).
+    pub fn alive(&self) -> bool {
+        matches!(stat(self.pid), Some((start, false)) if start == self.start_time)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if self.alive() {
+            let _ = kill(Pid::from_raw(self.pid), signal);
+        }
+    }
+
+    /// Waits up to `grace` for the process to end, then kills it.
+    pub fn stop(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.alive() {
+            tracing::warn!(pid = self.pid, "did not exit in time; killing it");
+            self.signal(Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_known_by_pid_and_start_time() {
+        let me = ProcRef::of(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        let impostor = ProcRef {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!impostor.alive());
+    }
+}

@@ -1,0 +1,107 @@
+//! A process's stdio between the host and the agent: one hybrid-vsock
+//! connection per stream to the agent's stdio port, named by a header
+//! line (protos/agent.proto), then raw bytes.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kata_rs_protocol::{hybrid, STDIO_VSOCK_PORT};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn open(uds: &Path, container_id: &str, exec_id: &str, stream: &str) -> Result<UnixStream> {
+    let mut conn = hybrid::connect(uds, STDIO_VSOCK_PORT, CONNECT_TIMEOUT)
+        .with_context(|| format!("connect the {stream} stream to the agent"))?;
+    let exec = if exec_id.is_empty() { "-" } else { exec_id };
+    conn.write_all(format!("{container_id} {exec} {stream}\n").as_bytes())
+        .with_context(|| format!("name the {stream} stream"))?;
+    Ok(conn)
+}
+
+/// The connected streams of one process.
+pub enum Streams {
+    Pipes {
+        stdin: UnixStream,
+        stdout: UnixStream,
+        stderr: UnixStream,
+    },
+    Tty(UnixStream),
+}
+
+impl Streams {
+    pub fn connect(uds: &Path, container_id: &str, exec_id: &str, tty: bool) -> Result<Self> {
+        if tty {
+            return Ok(Streams::Tty(open(uds, container_id, exec_id, "tty")?));
+        }
+        Ok(Streams::Pipes {
+            stdin: open(uds, container_id, exec_id, "stdin")?,
+            stdout: open(uds, container_id, exec_id, "stdout")?,
+            stderr: open(uds, container_id, exec_id, "stderr")?,
+        })
+    }
+}
+
+/// Copies `from` to `to` until EOF on another thread; `done` runs after.
+pub fn pump<R, W>(
+    name: &'static str,
+    mut from: R,
+    mut to: W,
+    done: impl FnOnce(&mut W) + Send + 'static,
+) -> JoinHandle<()>
+where
+    R: std::io::Read + Send + 'static,
+    W: std::io::Write + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Err(e) = std::io::copy(&mut from, &mut to) {
+                // EIO is how a pty reports that its other side closed.
+                if e.raw_os_error() != Some(libc::EIO) {
+                    tracing::debug!(stream = name, error = %e, "stream ended");
+                }
+            }
+            let _ = to.flush();
+            done(&mut to);
+        })
+        .expect("spawn a stdio thread")
+}
+
+/// Relays this process's stdin, stdout and stderr to the pipe streams.
+/// Returns the output threads, which end at the agent's EOF.
+pub fn relay_std(stdin: UnixStream, stdout: UnixStream, stderr: UnixStream) -> Vec<JoinHandle<()>> {
+    use std::os::fd::AsFd;
+    let own = |fd: std::os::fd::BorrowedFd<'_>| {
+        std::fs::File::from(fd.try_clone_to_owned().expect("dup a stdio fd"))
+    };
+    let input = own(std::io::stdin().as_fd());
+    let out = own(std::io::stdout().as_fd());
+    let err = own(std::io::stderr().as_fd());
+    // stdin's thread is not joined: it may block on a caller that never
+    // closes its end, and the process exits without it.
+    pump("stdin", input, stdin, |s| {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    });
+    vec![
+        pump("stdout", stdout, out, |_| {}),
+        pump("stderr", stderr, err, |_| {}),
+    ]
+}
+
+/// Waits for output threads, at most `bound` in all: a process that left
+/// a descendant holding its output open must not keep the caller forever.
+pub fn join_bounded(threads: Vec<JoinHandle<()>>, bound: Duration) {
+    let deadline = std::time::Instant::now() + bound;
+    for t in threads {
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+}
