@@ -7,6 +7,8 @@
 //! `--ignored` where KVM boots a standard guest (hardware, or the emulated
 //! KVM host).
 
+pub mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
