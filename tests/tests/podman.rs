@@ -343,23 +343,34 @@ fn hooks_run_with_the_container_state() {
 fn failing_hook_stops_the_container() {
     compare(TOOLS, |rt| {
         let hooks = tempfile::tempdir().unwrap();
-        write_hook(hooks.path(), "fail", "prestart", "/bin/false", &["false"]);
         let data = tempfile::tempdir().unwrap();
+        // The hook leaves a mark, so a runtime that fails without running
+        // it cannot pass for one that stops on its failure.
+        let fail = format!("cat >{}/hook-ran; exit 1", data.path().display());
+        write_hook(
+            hooks.path(),
+            "fail",
+            "prestart",
+            "/bin/sh",
+            &["sh", "-c", &fail],
+        );
         let volume = format!("{}:/data", data.path().display());
         let mut podman = Podman::new(rt).with_hooks_dir(hooks.path());
         let (_, out) = podman.run_container(&["-v", &volume], &["touch", "/data/started"], None);
         podman.finish();
+        let hook_ran = data.path().join("hook-ran").exists();
         let started = data.path().join("started").exists();
         assert!(
             out.code != Some(0) && !out.stderr.is_empty(),
             "{}: {out:?}",
             rt.display()
         );
-        assert!(
-            !started,
-            "{}: the container ran despite the hook",
+        assert_eq!(
+            (hook_ran, started),
+            (true, false),
+            "{}: {out:?}",
             rt.display()
         );
-        (out.code, started)
+        out.code
     });
 }
