@@ -6,11 +6,14 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Debian packages: kernel builds (linux-source-6.12 and its toolchain),
 # the initrd (cpio, python3), the emulated KVM host and the QEMU reference
 # (qemu-system-x86), virtiofsd's build (libseccomp, libcap-ng), and the test
-# images (busybox-static, e2fsprogs).
+# images (busybox-static, e2fsprogs); the real peers that drive the OCI
+# runtime under test and runc as its reference (podman with conmon,
+# containerd with ctr and its runc shim).
 KATA_RS_PACKAGES=(
     linux-source-6.12 flex bison bc libelf-dev libssl-dev build-essential
     cpio python3 qemu-system-x86 busybox-static e2fsprogs
     libseccomp-dev libcap-ng-dev pkg-config
+    podman conmon containerd runc
 )
 VIRTIOFSD_VERSION=1.14.0
 

@@ -8,6 +8,7 @@
 //! KVM host).
 
 pub mod oci;
+pub mod peers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
