@@ -13,10 +13,6 @@ use kata_rs::oci::{self, log};
 use kata_rs::sandbox::{SandboxSpec, VmSandbox};
 
 fn main() {
-    // The Rust runtime ignores SIGPIPE; ignored signals survive exec, and
-    // the containers we start must see the default disposition.
-    // SAFETY: resetting a disposition before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
@@ -48,9 +44,11 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     let (config, config_path) = Config::load(cli.global.config.as_deref())?;
-    // libcontainer and libcgroups report what they skip (absent cgroup
-    // controllers) as warnings; a container's stderr is the runtime's, so
-    // they speak only for errors unless debugging.
+    // libcontainer and libcgroups log what they skip (absent cgroup
+    // controllers) and each failure as they see it; a container's stderr is
+    // the runtime's, and callers take the runtime's output as the reason of
+    // a failure (podman even classifies it by words like "not found"), so
+    // they speak only when debugging: the engine's error says it all.
     let level = if cli.global.debug {
         "debug".to_owned()
     } else {
@@ -59,7 +57,7 @@ fn run(cli: Cli) -> Result<i32> {
             .log_level
             .as_deref()
             .unwrap_or(&config.runtime.log_level);
-        format!("{ours},libcontainer=error,libcgroups=error")
+        format!("{ours},libcontainer=off,libcgroups=off")
     };
     log::init(cli.global.log.as_deref(), cli.global.log_format, &level).context("open the log")?;
     if let Command::Check { boot, timeout } = cli.command {

@@ -184,6 +184,9 @@ impl Container {
         self.inner
             .delete(force)
             .map_err(|e| EngineError::engine(&id, "delete", e))?;
+        if let Some(root) = self.inner.root.parent() {
+            crate::copyup::cleanup(root, &id);
+        }
         self.lock.remove();
         Ok(())
     }

@@ -11,6 +11,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Spec;
 
 use crate::container::Container;
+use crate::copyup;
 use crate::error::{EngineError, Result};
 use crate::lock::IdLock;
 
@@ -59,12 +60,20 @@ impl Engine {
         validate_id(id)?;
         let bundle = std::path::absolute(&opts.bundle)
             .map_err(|e| EngineError::io(id, "resolve the bundle path", e))?;
-        load_bundle_spec(id, &bundle)?;
+        let spec = load_bundle_spec(id, &bundle)?;
         let lock = IdLock::acquire(&self.root, id)?;
         let dir = self.root.join(id);
         if dir.exists() {
             return Err(EngineError::Exists { id: id.to_owned() });
         }
+        let private = match copyup::prepare(&self.root, id, &bundle, &spec) {
+            Ok(private) => private,
+            Err(e) => {
+                copyup::cleanup(&self.root, id);
+                lock.remove();
+                return Err(e);
+            }
+        };
         let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)
             .and_then(|b| b.with_pid_file(opts.pid_file.as_ref()))
@@ -78,19 +87,30 @@ impl Engine {
                 .with_stderr(stderr);
         }
         let built = builder
-            .as_init(&bundle)
+            .as_init(private.as_deref().unwrap_or(&bundle))
             .with_systemd(self.systemd_cgroup)
             .with_detach(true)
             .with_no_pivot(opts.no_pivot)
             .build();
-        match built {
+        let result = built
+            .map_err(|err| match err {
+                LibcontainerError::Exist => EngineError::Exists { id: id.to_owned() },
+                other => EngineError::engine(id, "create", other),
+            })
+            .and_then(|inner| {
+                if private.is_none() {
+                    return Ok(inner);
+                }
+                point_state_at_bundle(&dir, &bundle)
+                    .map_err(|e| EngineError::io(id, "record the bundle", e))?;
+                libcontainer::container::Container::load(dir.clone())
+                    .map_err(|e| EngineError::engine(id, "load state", e))
+            });
+        match result {
             Ok(inner) => Ok(Container::new(inner, lock)),
             Err(err) => {
-                let err = match err {
-                    LibcontainerError::Exist => EngineError::Exists { id: id.to_owned() },
-                    other => EngineError::engine(id, "create", other),
-                };
                 self.undo_create(id, &dir);
+                copyup::cleanup(&self.root, id);
                 lock.remove();
                 Err(err)
             }
@@ -134,6 +154,17 @@ impl Engine {
         ids.sort();
         Ok(ids)
     }
+}
+
+/// Records the user's bundle in state.json: with copy-up mounts,
+/// libcontainer was given the private one.
+fn point_state_at_bundle(dir: &Path, bundle: &Path) -> std::io::Result<()> {
+    let path = dir.join("state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    state["bundle"] = bundle.to_string_lossy().into();
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&state)?)?;
+    std::fs::rename(tmp, path)
 }
 
 /// The ids runc accepts: letters, digits and `_ + - .`, not `.` or `..`.

@@ -9,6 +9,7 @@
 //!
 //! - [`lock`]: one container's commands run one at a time;
 //! - [`engine`]: create (undone whole on failure), load, list;
+//! - [`copyup`]: runc's tmpcopyup mount option;
 //! - [`container`]: start, state, kill, pause, resume, delete, exec, pids,
 //!   update, stats;
 //! - [`stats`]: cgroup statistics in the JSON shape of `runc events`;
@@ -16,6 +17,7 @@
 //! - [`error`]: errors that name the container and the step.
 
 pub mod container;
+pub mod copyup;
 pub mod engine;
 pub mod error;
 pub mod hooks;
