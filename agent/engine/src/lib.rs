@@ -14,12 +14,15 @@
 //!   update, stats;
 //! - [`stats`]: cgroup statistics in the JSON shape of `runc events`;
 //! - [`hooks`]: OCI hooks run outside create/start (for VM containers);
-//! - [`error`]: errors that name the container and the step.
+//! - [`error`]: errors that name the container and the step;
+//! - `executor`: the container's program starts with default signal
+//!   dispositions and an empty signal mask, whatever its caller had.
 
 pub mod container;
 pub mod copyup;
 pub mod engine;
 pub mod error;
+mod executor;
 pub mod hooks;
 pub mod lock;
 pub mod stats;
