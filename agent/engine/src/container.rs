@@ -1,6 +1,7 @@
 //! One container, loaded and locked: the operations of its life cycle.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
@@ -186,6 +187,16 @@ impl Container {
     /// Starts `opts.process` in the container's namespaces and cgroup and
     /// returns its pid; unless detached, it is the caller's child.
     pub fn exec(&self, opts: ExecOptions) -> Result<i32> {
+        self.exec_inner(opts, None)
+    }
+
+    /// [`Container::exec`] with the process's stdin, stdout and stderr
+    /// given, instead of inherited from the caller.
+    pub fn exec_with_stdio(&self, opts: ExecOptions, stdio: [OwnedFd; 3]) -> Result<i32> {
+        self.exec_inner(opts, Some(stdio))
+    }
+
+    fn exec_inner(&self, opts: ExecOptions, stdio: Option<[OwnedFd; 3]>) -> Result<i32> {
         let id = self.id().to_owned();
         if !matches!(self.inner.status(), ContainerStatus::Running) {
             return Err(self.wrong_status("exec in it (it is not running)"));
@@ -205,8 +216,15 @@ impl Container {
             .with_root_path(self.inner.root.parent().unwrap_or(Path::new("/")))
             .and_then(|b| b.with_pid_file(opts.pid_file.as_ref()))
             .map(|b| {
+                let b = match stdio {
+                    Some([stdin, stdout, stderr]) => {
+                        b.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr)
+                    }
+                    None => b,
+                };
                 b.with_console_socket(opts.console_socket.as_ref())
                     .with_preserved_fds(opts.preserve_fds)
+                    .with_executor(crate::executor::CleanSignals)
                     .as_tenant()
                     .with_detach(opts.detached)
                     .with_process(Some(&process_file))

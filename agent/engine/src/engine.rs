@@ -70,7 +70,8 @@ impl Engine {
             .and_then(|b| b.with_pid_file(opts.pid_file.as_ref()))
             .map_err(|e| EngineError::engine(id, "prepare create", e))?
             .with_console_socket(opts.console_socket.as_ref())
-            .with_preserved_fds(opts.preserve_fds);
+            .with_preserved_fds(opts.preserve_fds)
+            .with_executor(crate::executor::CleanSignals);
         if let Some([stdin, stdout, stderr]) = opts.stdio {
             builder = builder
                 .with_stdin(stdin)

@@ -12,11 +12,14 @@
 //! - [`container`]: start, state, kill, pause, resume, delete, exec, pids,
 //!   update, stats;
 //! - [`stats`]: cgroup statistics in the JSON shape of `runc events`;
-//! - [`error`]: errors that name the container and the step.
+//! - [`error`]: errors that name the container and the step;
+//! - `executor`: the container's program starts with default signal
+//!   dispositions and an empty signal mask, whatever its caller had.
 
 pub mod container;
 pub mod engine;
 pub mod error;
+mod executor;
 pub mod lock;
 pub mod stats;
 
