@@ -282,3 +282,57 @@ fn elf_and_bzimage_both_boot() {
         );
     }
 }
+
+/// Boots the probe with one virtio-fs share and returns its PROBE lines.
+fn boot_probe_with_fs(dir: &std::path::Path, extra: &str) -> (Virtiofsd, Vec<String>) {
+    let fsd = Virtiofsd::start(dir);
+    let mut vmm = VmmProcess::start(
+        dir,
+        &[
+            "--initrd",
+            probe_initrd().to_str().unwrap(),
+            "--fs",
+            &format!("hostshare={}", fsd.socket.display()),
+            "--cmdline-append",
+            &format!("probe.fs=hostshare {extra}"),
+        ],
+    );
+    let status = vmm.wait(BOOT_TIMEOUT);
+    assert!(
+        status.success(),
+        "{status}: {}\nconsole:\n{}\nvirtiofsd:\n{}",
+        vmm.stderr_text(),
+        vmm.console_text(),
+        fsd.log_text()
+    );
+    let lines = vmm.probe_lines();
+    (fsd, lines)
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn virtio_fs_share_reads_host_files_and_keeps_guest_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fsd, lines) = boot_probe_with_fs(dir.path(), "");
+    assert!(
+        lines.contains(&"fs-read ok hello from the host".to_owned()),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"fs-write ok".to_owned()), "{lines:?}");
+    assert_eq!(
+        std::fs::read_to_string(fsd.shared.join("from-guest.txt")).unwrap(),
+        "written by the guest\n"
+    );
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn virtio_fs_works_again_after_the_driver_unbinds_and_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_fsd, lines) = boot_probe_with_fs(dir.path(), "probe.fs_rebind=1");
+    assert!(
+        lines.contains(&"fs-rebind ok hello from the host".to_owned()),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("error")), "{lines:?}");
+}
