@@ -26,7 +26,14 @@ build_static_initrd() {
     # promoted locals with a `.llvm.<hash>` suffix that differs between
     # target directories, and only the symbol table carries those names (it
     # also saves ~16% of size).
-    (cd "$static_initrd_root" && RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols \
+    # libcontainer's seccomp support links libseccomp; Debian's
+    # libseccomp-dev ships the static archive libseccomp-sys is pointed at.
+    local seccomp_lib=/usr/lib/x86_64-linux-gnu
+    if [ ! -f "$seccomp_lib/libseccomp.a" ]; then
+        echo "static-initrd: $seccomp_lib/libseccomp.a is missing (apt-get install libseccomp-dev)" >&2
+        return 1
+    fi
+    (cd "$static_initrd_root" && LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$seccomp_lib RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols \
 --remap-path-prefix=$static_initrd_root=/kata-rs \
 --remap-path-prefix=$target_dir=/target \
 --remap-path-prefix=$cargo_home=/cargo" \

@@ -115,6 +115,22 @@ pub fn early_setup() -> Result<(), Error> {
     attach_console()
 }
 
+/// Controllers containers' limits need; the kernel enables none below the
+/// root until asked.
+const CGROUP_CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "io", "cpuset"];
+
+/// Enables [`CGROUP_CONTROLLERS`] for the root's children. One the kernel
+/// lacks is logged and skipped: containers still run, without that limit.
+pub fn enable_cgroup_controllers() {
+    let control = "/sys/fs/cgroup/cgroup.subtree_control";
+    for controller in CGROUP_CONTROLLERS {
+        match std::fs::write(control, format!("+{controller}")) {
+            Ok(()) => tracing::debug!(controller, "cgroup controller enabled"),
+            Err(e) => tracing::warn!(controller, error = %e, "cannot enable cgroup controller"),
+        }
+    }
+}
+
 /// Mounts sysfs, devpts, /dev/shm, /run and the cgroup2 hierarchy.
 pub fn late_setup() -> Result<(), Error> {
     mount_all(LATE_MOUNTS)

@@ -2,11 +2,13 @@
 //! runtime talks to over vsock.
 //!
 //! The binary (`src/main.rs`) wires these pieces together; they live in a
-//! library so the container engine added later can use the [`reaper`] and
-//! the services can be tested without booting a VM.
+//! library so the services can be tested without booting a VM.
 
 pub mod cmdline;
+pub mod containers;
 pub mod guest;
 pub mod init;
 pub mod reaper;
+mod relay;
 pub mod service;
+pub mod stdio;

@@ -1,19 +1,25 @@
 //! `kata-rs-agent`: the guest's /init, serving the runtime over vsock.
 //!
-//! As PID 1 it mounts the pseudo filesystems, reaps orphans and serves
-//! ttrpc on vsock port 1024. With `--no-init` it only serves (on any
-//! address), which is how host tests run it.
+//! As PID 1 it mounts the pseudo filesystems, reaps orphans, serves ttrpc
+//! on vsock port 1024 and takes stdio streams on port 1025. With
+//! `--no-init` it serves (on any addresses) without init duties, which is
+//! how host tests run it.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use std::sync::Arc;
+
 use kata_rs_agent::cmdline::KernelParams;
+use kata_rs_agent::containers::{self, Containers};
 use kata_rs_agent::init;
 use kata_rs_agent::reaper::Reaper;
 use kata_rs_agent::service::{self, Teardown, AGENT_VERSION};
+use kata_rs_agent::stdio::{StdioAddr, StreamRegistry};
 use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::filter::LevelFilter;
 
@@ -25,8 +31,17 @@ struct Args {
     #[arg(long, default_value_t = format!("vsock://-1:{}", kata_rs_protocol::AGENT_VSOCK_PORT))]
     listen: String,
 
-    /// Serve only: no mounts, no reaping, no reboot; DestroySandbox exits
-    /// the process. For running the agent on a host.
+    /// Address to take stdio streams on: vsock://-1:PORT or unix:///path.
+    #[arg(long, default_value_t = format!("vsock://-1:{}", kata_rs_protocol::STDIO_VSOCK_PORT))]
+    stdio_listen: String,
+
+    /// Where containers, bundles and console sockets live.
+    #[arg(long, default_value = "/run/kata-rs")]
+    state_dir: PathBuf,
+
+    /// No init duties: no mounts (the virtio-fs share included), no
+    /// reboot (DestroySandbox exits the process), pivot_root into
+    /// containers. For running the agent on a host.
     #[arg(long)]
     no_init: bool,
 
@@ -68,13 +83,21 @@ fn run(args: Args) -> Result<()> {
     if args.no_init {
         init_logging(&args.log_level)?;
         let stop = termination_signals();
-        // Blocked before the server starts its threads, so only sigwait
-        // below receives them.
+        // Blocked before any thread starts, so only the sigwaits (below and
+        // the reaper's) receive them.
         stop.thread_block().context("blocking SIGINT/SIGTERM")?;
-        let (_server, socket) = serve(&args.listen, Teardown::Exit)?;
+        Reaper::block_sigchld().context("blocking SIGCHLD")?;
+        let reaper = Reaper::new();
+        reaper.start().context("starting the reaper thread")?;
+        let config = containers::Config {
+            state_dir: args.state_dir.clone(),
+            mount_share: false,
+            no_pivot: false,
+        };
+        let (_server, sockets) = serve(&args, Teardown::Exit, config, reaper)?;
         let signal = stop.wait().context("waiting for SIGINT/SIGTERM")?;
         tracing::info!(%signal, "stopping");
-        if let Some(path) = socket {
+        for path in sockets {
             let _ = std::fs::remove_file(path);
         }
         return Ok(());
@@ -93,10 +116,15 @@ fn run(args: Args) -> Result<()> {
         "kata-rs-agent starting as init"
     );
     init::late_setup()?;
-    Reaper::new()
-        .start()
-        .context("starting the reaper thread")?;
-    let _server = serve(&args.listen, Teardown::Reboot)?;
+    init::enable_cgroup_controllers();
+    let reaper = Reaper::new();
+    reaper.start().context("starting the reaper thread")?;
+    let config = containers::Config {
+        state_dir: args.state_dir.clone(),
+        mount_share: true,
+        no_pivot: true,
+    };
+    let _server = serve(&args, Teardown::Reboot, config, reaper)?;
     // The server and the reaper run on their own threads; PID 1 must never
     // return (and the server stops when dropped).
     loop {
@@ -104,23 +132,51 @@ fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Starts the ttrpc server on `listen`. Returns the server, which serves
-/// until dropped, and the Unix socket path it created, if any, for removal
-/// at exit.
-fn serve(listen: &str, teardown: Teardown) -> Result<(ttrpc::Server, Option<PathBuf>)> {
-    let socket = listen.strip_prefix("unix://").map(PathBuf::from);
-    if let Some(path) = &socket {
+/// Most requests one connection runs at once. WaitProcess blocks a worker
+/// for the life of a process, and ttrpc's default (5) would let a few of
+/// them starve every other request on the connection.
+const MAX_REQUESTS_PER_CONNECTION: usize = 64;
+
+/// Starts the stdio listener and the ttrpc server. Returns the server,
+/// which serves until dropped, and the Unix socket paths it created, for
+/// removal at exit.
+fn serve(
+    args: &Args,
+    teardown: Teardown,
+    config: containers::Config,
+    reaper: Arc<Reaper>,
+) -> Result<(ttrpc::Server, Vec<PathBuf>)> {
+    let listen = args.listen.as_str();
+    let stdio_addr: StdioAddr = args
+        .stdio_listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--stdio-listen: {e}"))?;
+    let mut sockets = Vec::new();
+    if let StdioAddr::Unix(path) = &stdio_addr {
         remove_stale_socket(path)?;
+        sockets.push(path.clone());
+    }
+    let streams = StreamRegistry::bind(&stdio_addr)
+        .with_context(|| format!("binding the stdio listener {}", args.stdio_listen))?;
+    streams.start().context("starting the stdio listener")?;
+    let containers = Arc::new(
+        Containers::new(config, reaper, streams).context("setting up the container engine")?,
+    );
+
+    if let Some(path) = listen.strip_prefix("unix://").map(PathBuf::from) {
+        remove_stale_socket(&path)?;
+        sockets.push(path);
     }
     let mut server = ttrpc::Server::new()
         .bind(listen)
         .with_context(|| format!("binding {listen}"))?
-        .register_service(service::methods(teardown));
+        .set_thread_count_max(MAX_REQUESTS_PER_CONNECTION)
+        .register_service(service::methods(teardown, containers));
     server
         .start()
         .with_context(|| format!("serving on {listen}"))?;
-    tracing::info!(version = AGENT_VERSION, %listen, "serving");
-    Ok((server, socket))
+    tracing::info!(version = AGENT_VERSION, %listen, stdio = args.stdio_listen, "serving");
+    Ok((server, sockets))
 }
 
 /// A socket file left by an earlier run makes bind fail; remove it, but
@@ -143,9 +199,20 @@ fn init_logging(level: &str) -> Result<()> {
         Ok(filter) => (filter, None),
         Err(_) => (LevelFilter::INFO, Some(level)),
     };
+    // A close-on-exec copy of stderr, written without locks. libcontainer
+    // logs from the container's init after it has made the container's
+    // stdio fds 0-2, before exec: through fd 2 those lines would land in
+    // the container's stderr, and through std's locked Stderr a clone taken
+    // while another thread logs would deadlock on its first line.
+    let log: &'static std::fs::File = Box::leak(Box::new(std::fs::File::from(
+        std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stderr for the log")?,
+    )));
     tracing_subscriber::fmt()
         .with_max_level(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(move || log)
         .with_ansi(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .try_init()

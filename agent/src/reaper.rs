@@ -11,6 +11,19 @@
 //! Registration and reaping are serialised by one lock: [`Reaper::watch`]
 //! holds it across the spawn and the registration, so a child that exits
 //! immediately cannot be reaped before its owner is registered.
+//!
+//! The same lock keeps the reaper away from libcontainer's own waits. The
+//! engine's create and exec (the only engine calls that make processes;
+//! the agent strips hooks from specs, so nothing else spawns or waits) fork
+//! an intermediate process and `waitpid` that specific pid before they
+//! return. They run inside `watch`, so while they run no reap happens and
+//! the intermediate's status is still there for libcontainer. Any other
+//! child that exits meanwhile stays a zombie until the lock is released;
+//! its SIGCHLD is pending, so the reaper's next sigwait returns at once.
+//! The container's init is cloned as a sibling of the intermediate, hence
+//! a child of the agent, with no exit signal until it execs: the reaper
+//! waits with `__WALL`, and at least once a second, so an init that dies
+//! before exec is reaped too.
 
 use std::collections::HashMap;
 use std::io;
@@ -61,8 +74,22 @@ impl Reaper {
                     // once before the first wait for children that exited
                     // before the thread started.
                     reaper.reap();
-                    if let Err(e) = set.wait() {
-                        tracing::error!(error = %e, "waiting for SIGCHLD");
+                    // Bounded, because a container's init that dies before
+                    // it execs (killed while created, never started) sends
+                    // no SIGCHLD at all.
+                    let timeout = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    };
+                    // SAFETY: both pointers are valid for the call; the
+                    // signal info is not wanted.
+                    let rc =
+                        unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
+                    if rc < 0 {
+                        let e = Errno::last();
+                        if e != Errno::EAGAIN && e != Errno::EINTR {
+                            tracing::error!(error = %e, "waiting for SIGCHLD");
+                        }
                     }
                 }
             })
@@ -86,7 +113,12 @@ impl Reaper {
     pub fn reap(&self) {
         let mut watched = self.lock();
         loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            // __WALL: libcontainer clones the container's init with no exit
+            // signal, which plain waitpid skips until the init has exec'd.
+            match waitpid(
+                None::<Pid>,
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+            ) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(status) => Self::deliver(&mut watched, status),
                 Err(Errno::EINTR) => {}

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kata_rs_protocol::agent::{
-    DestroySandboxRequest, DestroySandboxResponse, GuestDetailsRequest, GuestDetailsResponse,
+    ContainerRequest, CreateContainerRequest, DestroySandboxRequest, DestroySandboxResponse, Empty,
+    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesResponse,
+    ProcessRequest, RemoveContainerRequest, SignalProcessRequest, StateContainerResponse,
+    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
 };
 use kata_rs_protocol::health::{
     health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionRequest,
@@ -15,6 +18,7 @@ use kata_rs_protocol::health::{
 use kata_rs_protocol::{agent_ttrpc, health_ttrpc, PROTOCOL_VERSION};
 use ttrpc::{Code, TtrpcContext};
 
+use crate::containers::{self, Containers};
 use crate::guest::GuestDetails;
 
 /// The agent's version, as reported to the runtime.
@@ -37,11 +41,15 @@ pub enum Teardown {
 }
 
 /// Builds the method table for ttrpc's server.
-pub fn methods(teardown: Teardown) -> HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
+pub fn methods(
+    teardown: Teardown,
+    containers: Arc<Containers>,
+) -> HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
     let mut methods = health_ttrpc::create_health(Arc::new(HealthService));
     methods.extend(agent_ttrpc::create_agent_service(Arc::new(AgentService {
         teardown,
         destroying: AtomicBool::new(false),
+        containers,
     })));
     methods
 }
@@ -79,6 +87,27 @@ struct AgentService {
     /// Set by the first DestroySandbox, so a retried call does not start a
     /// second teardown.
     destroying: AtomicBool,
+    containers: Arc<Containers>,
+}
+
+/// Maps the container layer's errors to RPC statuses, logging failures
+/// with the process they concern.
+fn status<'a>(
+    rpc: &'static str,
+    container_id: &'a str,
+    exec_id: &'a str,
+) -> impl FnOnce(containers::Error) -> ttrpc::Error + 'a {
+    move |e| {
+        let code = match e {
+            containers::Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            containers::Error::NotFound(_) => Code::NOT_FOUND,
+            containers::Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            containers::Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            containers::Error::Internal(_) => Code::INTERNAL,
+        };
+        tracing::warn!(rpc, container_id, exec_id, ?code, error = %e, "request failed");
+        rpc_error(code, e.to_string())
+    }
 }
 
 impl agent_ttrpc::AgentService for AgentService {
@@ -135,6 +164,174 @@ impl agent_ttrpc::AgentService for AgentService {
                 rpc_error(Code::INTERNAL, format!("starting teardown thread: {e}"))
             })?;
         Ok(DestroySandboxResponse::new())
+    }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        self.containers
+            .create(id, &req.spec_json)
+            .map_err(status("CreateContainer", id, ""))?;
+        Ok(Empty::new())
+    }
+
+    fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        self.containers
+            .start(id)
+            .map_err(status("StartContainer", id, ""))?;
+        Ok(Empty::new())
+    }
+
+    fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        self.containers
+            .exec(id, exec_id, &req.process_json)
+            .map_err(status("ExecProcess", id, exec_id))?;
+        Ok(Empty::new())
+    }
+
+    fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        tracing::info!(
+            container_id = id,
+            exec_id,
+            signal = req.signal,
+            all = req.all,
+            "SignalProcess"
+        );
+        self.containers
+            .signal(id, exec_id, req.signal, req.all)
+            .map_err(status("SignalProcess", id, exec_id))?;
+        Ok(Empty::new())
+    }
+
+    fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        let code = self
+            .containers
+            .wait(id, exec_id)
+            .map_err(status("WaitProcess", id, exec_id))?;
+        let mut resp = WaitProcessResponse::new();
+        resp.exit_status = code;
+        Ok(resp)
+    }
+
+    fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        self.containers
+            .resize(id, exec_id, req.rows, req.columns)
+            .map_err(status("TtyWinResize", id, exec_id))?;
+        Ok(Empty::new())
+    }
+
+    fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        self.containers
+            .close_stdin(id, exec_id)
+            .map_err(status("CloseStdin", id, exec_id))?;
+        Ok(Empty::new())
+    }
+
+    fn state_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StateContainerResponse> {
+        let id = &req.container_id;
+        let (state, pid) = self
+            .containers
+            .state(id)
+            .map_err(status("StateContainer", id, ""))?;
+        let mut resp = StateContainerResponse::new();
+        resp.status = state;
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        self.containers
+            .pause(id)
+            .map_err(status("PauseContainer", id, ""))?;
+        Ok(Empty::new())
+    }
+
+    fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        self.containers
+            .resume(id)
+            .map_err(status("ResumeContainer", id, ""))?;
+        Ok(Empty::new())
+    }
+
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        self.containers
+            .update(id, &req.resources_json)
+            .map_err(status("UpdateContainer", id, ""))?;
+        Ok(Empty::new())
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        let id = &req.container_id;
+        let stats = self
+            .containers
+            .stats(id)
+            .map_err(status("StatsContainer", id, ""))?;
+        let mut resp = StatsContainerResponse::new();
+        resp.stats_json = stats;
+        Ok(resp)
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        let id = &req.container_id;
+        let pids = self
+            .containers
+            .pids(id)
+            .map_err(status("ListProcesses", id, ""))?;
+        let mut resp = ListProcessesResponse::new();
+        resp.pids = pids;
+        Ok(resp)
+    }
+
+    fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        self.containers
+            .remove(id, req.force)
+            .map_err(status("RemoveContainer", id, ""))?;
+        Ok(Empty::new())
     }
 }
 

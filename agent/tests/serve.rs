@@ -32,6 +32,12 @@ impl Agent {
         let child = Command::new(AGENT)
             .args(["--no-init", "--log-level", "debug", "--listen"])
             .arg(format!("unix://{}", socket.display()))
+            .arg(format!(
+                "--stdio-listen=unix://{}",
+                dir.path().join("stdio.sock").display()
+            ))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn kata-rs-agent");

@@ -41,6 +41,84 @@ pub fn probe_initrd() -> PathBuf {
     artefact("KATA_RS_TEST_PROBE_INITRD")
 }
 
+/// virtiofsd: `KATA_RS_TEST_VIRTIOFSD`, or where tests/lib.sh installs it.
+pub fn virtiofsd_binary() -> PathBuf {
+    let path = std::env::var_os("KATA_RS_TEST_VIRTIOFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/virtiofsd"));
+    assert!(
+        path.exists(),
+        "virtiofsd not found at {}: run tests/setup.sh",
+        path.display()
+    );
+    path
+}
+
+/// A virtiofsd sharing `<dir>/share` (with a `hello.txt`) on
+/// `<dir>/virtiofsd.sock`; it serves one VMM and exits when that
+/// disconnects.
+pub struct Virtiofsd {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub shared: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Virtiofsd {
+    pub fn start(dir: &Path) -> Self {
+        let shared = dir.join("share");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("hello.txt"), "hello from the host\n").unwrap();
+        let socket = dir.join("virtiofsd.sock");
+        let log = dir.join("virtiofsd.log");
+        let child = Command::new(virtiofsd_binary())
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(&shared)
+            // The guest must see host writes at once, and the tests run as
+            // root without needing virtiofsd's namespace sandbox.
+            .args(["--cache", "never", "--sandbox", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start virtiofsd");
+        let mut fsd = Self {
+            child,
+            socket,
+            shared,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !fsd.socket.exists() {
+            if let Ok(Some(status)) = fsd.child.try_wait() {
+                panic!("virtiofsd exited with {status}: {}", fsd.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "virtiofsd did not listen: {}",
+                fsd.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fsd
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Guest kernel arguments the test environment needs on every boot
 /// (tests/run.sh sets them for the emulated KVM host, see its README).
 pub fn extra_kernel_params() -> String {

@@ -282,3 +282,192 @@ fn elf_and_bzimage_both_boot() {
         );
     }
 }
+
+/// Boots the probe with one virtio-fs share and returns its PROBE lines.
+fn boot_probe_with_fs(dir: &std::path::Path, extra: &str) -> (Virtiofsd, Vec<String>) {
+    let fsd = Virtiofsd::start(dir);
+    let mut vmm = VmmProcess::start(
+        dir,
+        &[
+            "--initrd",
+            probe_initrd().to_str().unwrap(),
+            "--fs",
+            &format!("hostshare={}", fsd.socket.display()),
+            "--cmdline-append",
+            &format!("probe.fs=hostshare {extra}"),
+        ],
+    );
+    let status = vmm.wait(BOOT_TIMEOUT);
+    assert!(
+        status.success(),
+        "{status}: {}\nconsole:\n{}\nvirtiofsd:\n{}",
+        vmm.stderr_text(),
+        vmm.console_text(),
+        fsd.log_text()
+    );
+    let lines = vmm.probe_lines();
+    (fsd, lines)
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn virtio_fs_share_reads_host_files_and_keeps_guest_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fsd, lines) = boot_probe_with_fs(dir.path(), "");
+    assert!(
+        lines.contains(&"fs-read ok hello from the host".to_owned()),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"fs-write ok".to_owned()), "{lines:?}");
+    assert_eq!(
+        std::fs::read_to_string(fsd.shared.join("from-guest.txt")).unwrap(),
+        "written by the guest\n"
+    );
+}
+
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn virtio_fs_works_again_after_the_driver_unbinds_and_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_fsd, lines) = boot_probe_with_fs(dir.path(), "probe.fs_rebind=1");
+    assert!(
+        lines.contains(&"fs-rebind ok hello from the host".to_owned()),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("error")), "{lines:?}");
+}
+
+/// A busybox container in a VM: the rootfs lies in the virtio-fs share, the
+/// agent mounts it, runs the container, relays its stdio over hybrid vsock
+/// port 1025, runs an exec in it, and removes it.
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn agent_runs_a_container_from_the_virtio_fs_share() {
+    use kata_rs_protocol::stdio::{StreamHeader, StreamKind};
+    use kata_rs_protocol::{hybrid, AgentClient, GUEST_SHARE_DIR, SHARED_FS_TAG};
+    use std::io::Read;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fsd = Virtiofsd::start(dir.path());
+    kata_rs_tests::oci::install_busybox(&fsd.shared.join("rootfs"));
+    let uds = dir.path().join("vsock.sock");
+    let vmm = VmmProcess::start(
+        dir.path(),
+        &[
+            "--initrd",
+            agent_initrd().to_str().unwrap(),
+            "--vsock-uds",
+            uds.to_str().unwrap(),
+            "--fs",
+            &format!("{SHARED_FS_TAG}={}", fsd.socket.display()),
+        ],
+    );
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let client = loop {
+        let up = AgentClient::connect_hybrid(
+            &uds,
+            kata_rs_protocol::AGENT_VSOCK_PORT,
+            Duration::from_secs(5),
+        )
+        .ok()
+        .filter(|c| c.health.check(ctx(), &health::CheckRequest::new()).is_ok());
+        if let Some(client) = up {
+            break client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not answer; console:\n{}",
+            vmm.console_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stream = |exec_id: &str, kind| {
+        let mut s = hybrid::connect(
+            &uds,
+            kata_rs_protocol::STDIO_VSOCK_PORT,
+            Duration::from_secs(30),
+        )
+        .expect("stdio stream");
+        s.write_all(
+            StreamHeader::new("c1", exec_id, kind)
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        s
+    };
+    let process = |args: &[&str]| {
+        serde_json::json!({
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "args": args,
+            "env": ["PATH=/bin"], "cwd": "/"
+        })
+    };
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": process(&["sh", "-c", "echo hello from the guest; read line; exit 42"]),
+        "root": {"path": format!("{GUEST_SHARE_DIR}/rootfs")},
+        "hostname": "c1",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "cgroupsPath": "/c1"
+        }
+    });
+    let mut stdin = stream("", StreamKind::Stdin);
+    let mut stdout = stream("", StreamKind::Stdout);
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = "c1".into();
+    req.spec_json = serde_json::to_vec(&spec).unwrap();
+    let created = client.agent.create_container(ctx(), &req);
+    assert!(
+        created.is_ok(),
+        "{created:?}; console:\n{}",
+        vmm.console_text()
+    );
+    let mut c1 = agent::ContainerRequest::new();
+    c1.container_id = "c1".into();
+    client.agent.start_container(ctx(), &c1).unwrap();
+    let mut line = [0u8; 21];
+    stdout.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"hello from the guest\n");
+
+    let mut exec_out = stream("e1", StreamKind::Stdout);
+    let mut exec = agent::ExecProcessRequest::new();
+    exec.container_id = "c1".into();
+    exec.exec_id = "e1".into();
+    exec.process_json =
+        serde_json::to_vec(&process(&["sh", "-c", "echo exec in $(hostname); exit 7"])).unwrap();
+    client.agent.exec_process(ctx(), &exec).unwrap();
+    let mut wait = agent::ProcessRequest::new();
+    wait.container_id = "c1".into();
+    wait.exec_id = "e1".into();
+    assert_eq!(
+        client.agent.wait_process(ctx(), &wait).unwrap().exit_status,
+        7
+    );
+    let mut text = String::new();
+    exec_out.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "exec in c1\n");
+
+    stdin.write_all(b"go\n").unwrap();
+    wait.exec_id = String::new();
+    assert_eq!(
+        client.agent.wait_process(ctx(), &wait).unwrap().exit_status,
+        42
+    );
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = "c1".into();
+    client.agent.remove_container(ctx(), &remove).unwrap();
+    assert!(client.agent.state_container(ctx(), &c1).is_err());
+    client
+        .agent
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .unwrap();
+    drop(vmm);
+}

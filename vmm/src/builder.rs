@@ -15,6 +15,7 @@ use crate::arch::x86_64::{boot, layout, mptable, regs};
 use crate::config::{Console, VmConfig};
 use crate::devices::serial::{SerialConsole, COM1_BASE, COM1_LEN};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
 use crate::devices::virtio::vsock::{SocketFile, Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
@@ -55,6 +56,10 @@ pub enum BuildError {
     Mmio(#[from] MmioError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("virtio-fs tag {0:?} is given twice")]
+    DuplicateFsTag(String),
     #[error("no room for another virtio-mmio device (interrupt lines {first}-{last} are taken)")]
     NoDeviceSlot { first: u32, last: u32 },
     #[error("cannot start a vCPU thread: {0}")]
@@ -98,6 +103,13 @@ pub struct Vmm {
 }
 
 pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
+    // The guest mounts by tag: a second share with the same tag would be
+    // unreachable.
+    for (i, fs) in cfg.filesystems.iter().enumerate() {
+        if cfg.filesystems[..i].iter().any(|f| f.tag == fs.tag) {
+            return Err(BuildError::DuplicateFsTag(fs.tag.clone()));
+        }
+    }
     // Files first: bad input is reported the same with or without KVM.
     let mem = memory::create_guest_memory(cfg.memory_mib)?;
     let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
@@ -130,6 +142,10 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
     for disk in &cfg.disks {
         let block = Block::new(&disk.path, disk.read_only)?;
         slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(block))?;
+    }
+    for fs in &cfg.filesystems {
+        let device = Fs::new(&fs.tag, &fs.socket)?;
+        slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(device))?;
     }
 
     boot::load_cmdline(&mem, &cmdline)?;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::devices::virtio::fs::validate_tag;
+
 /// The command line every guest gets unless the caller replaces it: the
 /// serial console, a reset through the keyboard controller as the way to
 /// stop (`reboot=k`, which the VMM turns into a clean exit), an immediate
@@ -56,6 +58,32 @@ impl FromStr for DiskConfig {
     }
 }
 
+/// A virtio-fs share: the guest mounts it by `tag`; virtiofsd serves it on
+/// the vhost-user socket `socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: PathBuf,
+}
+
+impl FromStr for FsConfig {
+    type Err = String;
+    /// `TAG=SOCKET`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tag, socket) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not TAG=SOCKET"))?;
+        validate_tag(tag).map_err(|e| e.to_string())?;
+        if socket.is_empty() {
+            return Err(format!("empty virtiofsd socket path for tag {tag:?}"));
+        }
+        Ok(Self {
+            tag: tag.to_owned(),
+            socket: PathBuf::from(socket),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
     pub guest_cid: u64,
@@ -72,6 +100,7 @@ pub struct VmConfig {
     pub console: Console,
     pub vsock: Option<VsockConfig>,
     pub disks: Vec<DiskConfig>,
+    pub filesystems: Vec<FsConfig>,
 }
 
 #[cfg(test)]
@@ -94,6 +123,27 @@ mod tests {
             .unwrap_err()
             .contains("rx"));
         assert!(",ro".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn fs_options() {
+        assert_eq!(
+            "share=/run/vfsd.sock".parse::<FsConfig>().unwrap(),
+            FsConfig {
+                tag: "share".into(),
+                socket: "/run/vfsd.sock".into()
+            }
+        );
+        // The socket path may itself contain '='.
+        assert_eq!(
+            "t=/a=b".parse::<FsConfig>().unwrap().socket,
+            PathBuf::from("/a=b")
+        );
+        let long = format!("{}=/s", "x".repeat(37));
+        for bad in ["share", "=/s", "share=", long.as_str(), "a\0b=/s"] {
+            assert!(bad.parse::<FsConfig>().is_err(), "{bad:?}");
+        }
+        assert!(format!("{}=/s", "x".repeat(36)).parse::<FsConfig>().is_ok());
     }
 
     #[test]

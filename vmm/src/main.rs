@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use kata_rs_vmm::builder;
-use kata_rs_vmm::config::{Console, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use kata_rs_vmm::config::{Console, DiskConfig, FsConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
 /// The first CID a guest may have (0-2 are reserved by vsock).
 const DEFAULT_GUEST_CID: u64 = 3;
@@ -49,6 +49,11 @@ struct Args {
     /// A raw disk image, optionally read-only: `PATH[,ro]`. Repeatable.
     #[arg(long = "disk")]
     disks: Vec<DiskConfig>,
+    /// A virtio-fs share served by virtiofsd on a vhost-user socket:
+    /// `TAG=SOCKET`; the guest mounts it with `mount -t virtiofs TAG DIR`.
+    /// virtiofsd must be listening when the VMM starts. Repeatable.
+    #[arg(long = "fs")]
+    filesystems: Vec<FsConfig>,
     /// Log filter for the VMM's own messages (stderr).
     #[arg(long, default_value = "warn", env = "KATA_RS_VMM_LOG")]
     log_level: String,
@@ -75,6 +80,7 @@ fn main() {
             uds_path,
         }),
         disks: args.disks,
+        filesystems: args.filesystems,
     };
     let outcome = builder::build(&cfg).and_then(|vmm| vmm.run());
     let code = match outcome {

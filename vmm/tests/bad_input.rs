@@ -183,3 +183,37 @@ fn unreadable_and_bad_disks() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 }
+
+#[test]
+fn missing_virtiofsd_and_bad_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = tiny_elf(dir.path());
+    let sock = dir.path().join("vfsd.sock");
+    let out = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--fs",
+        &format!("share={}", sock.display()),
+    ]);
+    assert_one_error(&out, "cannot connect to virtiofsd");
+    assert_one_error(&out, sock.to_str().unwrap());
+
+    // Two shares with one tag: the guest could reach only one. The check
+    // comes before any connection, so no virtiofsd is needed.
+    let share = format!("share={}", sock.display());
+    let out = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--fs",
+        &share,
+        "--fs",
+        &share,
+    ]);
+    assert_one_error(&out, "given twice");
+
+    for bad in ["share", &format!("{}=/s", "x".repeat(37))] {
+        let out = vmm(&["--kernel", k.to_str().unwrap(), "--fs", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--fs"));
+    }
+}

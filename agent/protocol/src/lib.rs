@@ -9,11 +9,19 @@
 //!
 //! The host reaches the agent through the VMM's hybrid vsock Unix socket
 //! ([`hybrid::connect`]), then speaks ttrpc over that stream ([`AgentClient`]).
+//! Process stdio travels on separate connections to [`STDIO_VSOCK_PORT`],
+//! each opened by a [`stdio::StreamHeader`] line.
+//!
+//! Container files reach the guest through one virtio-fs share: the host
+//! gives the VMM a device with tag [`SHARED_FS_TAG`], the agent mounts it at
+//! [`GUEST_SHARE_DIR`] on the first CreateContainer, and spec paths (root,
+//! bind-mount sources) point below that directory.
 
 include!(concat!(env!("OUT_DIR"), "/modules.rs"));
 
 mod client;
 pub mod hybrid;
+pub mod stdio;
 pub mod vsock;
 
 pub use client::{AgentClient, ClientError};

@@ -5,7 +5,11 @@
 //! Driven by the kernel command line:
 //! - `probe.disk=/dev/vda`: read the first sector, then try to overwrite it;
 //! - `probe.vsock_port=P`: connect to host (CID 2) port P, send a line and
-//!   print the line that comes back.
+//!   print the line that comes back;
+//! - `probe.fs=TAG`: mount the virtio-fs share TAG, print the first line of
+//!   its `hello.txt`, and write `from-guest.txt` in it;
+//! - `probe.fs_rebind=1` (with `probe.fs`): then unmount, unbind the device
+//!   from the virtiofs driver, bind it again, and read `hello.txt` anew.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,6 +39,9 @@ fn main() {
             Ok(port) => probe_vsock(port),
             Err(_) => println!("PROBE vsock bad port {port:?}"),
         }
+    }
+    if let Some(tag) = param("probe.fs") {
+        probe_fs(&tag, param("probe.fs_rebind").is_some());
     }
     println!("PROBE done");
     let _ = std::io::stdout().flush();
@@ -84,4 +91,78 @@ fn probe_vsock(port: u32) {
         Ok(reply) => println!("PROBE vsock ok {reply}"),
         Err(e) => println!("PROBE vsock error {e}"),
     }
+}
+
+const FS_MOUNT: &str = "/mnt";
+
+fn probe_fs(tag: &str, rebind: bool) {
+    let result = (|| -> std::io::Result<String> {
+        std::fs::create_dir_all(FS_MOUNT)?;
+        mount(
+            Some(tag),
+            FS_MOUNT,
+            Some("virtiofs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )?;
+        read_hello()
+    })();
+    match result {
+        Ok(line) => println!("PROBE fs-read ok {line}"),
+        Err(e) => {
+            println!("PROBE fs-read error {e}");
+            return;
+        }
+    }
+    match std::fs::write(
+        format!("{FS_MOUNT}/from-guest.txt"),
+        "written by the guest\n",
+    ) {
+        Ok(()) => println!("PROBE fs-write ok"),
+        Err(e) => println!("PROBE fs-write error {e}"),
+    }
+    if rebind {
+        match rebind_fs(tag) {
+            Ok(line) => println!("PROBE fs-rebind ok {line}"),
+            Err(e) => println!("PROBE fs-rebind error {e}"),
+        }
+    }
+    if let Err(e) = nix::mount::umount(FS_MOUNT) {
+        println!("PROBE fs-umount error {e}");
+    }
+}
+
+fn read_hello() -> std::io::Result<String> {
+    let text = std::fs::read_to_string(format!("{FS_MOUNT}/hello.txt"))?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// Unmounts, resets the device through a driver unbind and bind (the
+/// driver writes status 0, then initialises it again), and mounts anew.
+fn rebind_fs(tag: &str) -> std::io::Result<String> {
+    const DRIVER: &str = "/sys/bus/virtio/drivers/virtiofs";
+    nix::mount::umount(FS_MOUNT)?;
+    std::fs::create_dir_all("/sys")?;
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )?;
+    let device = std::fs::read_dir(DRIVER)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("virtio"))
+        .ok_or_else(|| std::io::Error::other("no device bound to virtiofs"))?;
+    std::fs::write(format!("{DRIVER}/unbind"), &device)?;
+    std::fs::write(format!("{DRIVER}/bind"), &device)?;
+    mount(
+        Some(tag),
+        FS_MOUNT,
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )?;
+    read_hello()
 }

@@ -8,6 +8,7 @@
 //! the shared [`Interrupt`].
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
