@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 
 use kata_rs_engine::{
     engine::validate_id, CreateOptions, Engine, EngineError, ExecOptions, LinuxResources, Process,
-    Signal, Spec,
+    Spec,
 };
 use kata_rs_protocol::{GUEST_SHARE_DIR, SHARED_FS_TAG};
 use nix::errno::Errno;
@@ -328,15 +328,13 @@ impl Containers {
         let entry = self.entry(id)?;
         let number = i32::try_from(signal)
             .map_err(|_| Error::InvalidArgument(format!("signal {signal} is out of range")))?;
+        let sig = nix::sys::signal::Signal::try_from(number)
+            .map_err(|e| Error::InvalidArgument(format!("signal {signal}: {e}")))?;
         if exec_id.is_empty() {
-            let sig = Signal::try_from(number)
-                .map_err(|e| Error::InvalidArgument(format!("signal {signal}: {e}")))?;
             let _ops = lock(&entry.ops);
             return Ok(self.engine.load(id)?.kill(sig, all)?);
         }
         let proc = self.proc(id, exec_id)?;
-        let sig = nix::sys::signal::Signal::try_from(number)
-            .map_err(|e| Error::InvalidArgument(format!("signal {signal}: {e}")))?;
         // The status lock keeps the reaper's delivery (and so pid reuse) out
         // while the signal is sent.
         let status = lock(&proc.status);

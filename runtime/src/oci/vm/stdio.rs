@@ -9,15 +9,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use kata_rs_protocol::stdio::{StreamHeader, StreamKind};
 use kata_rs_protocol::{hybrid, STDIO_VSOCK_PORT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn open(uds: &Path, container_id: &str, exec_id: &str, stream: &str) -> Result<UnixStream> {
+fn open(uds: &Path, container_id: &str, exec_id: &str, kind: StreamKind) -> Result<UnixStream> {
+    let stream = kind.as_str();
     let mut conn = hybrid::connect(uds, STDIO_VSOCK_PORT, CONNECT_TIMEOUT)
         .with_context(|| format!("connect the {stream} stream to the agent"))?;
-    let exec = if exec_id.is_empty() { "-" } else { exec_id };
-    conn.write_all(format!("{container_id} {exec} {stream}\n").as_bytes())
+    let header = StreamHeader::new(container_id, exec_id, kind);
+    conn.write_all(header.to_string().as_bytes())
         .with_context(|| format!("name the {stream} stream"))?;
     Ok(conn)
 }
@@ -35,12 +37,12 @@ pub enum Streams {
 impl Streams {
     pub fn connect(uds: &Path, container_id: &str, exec_id: &str, tty: bool) -> Result<Self> {
         if tty {
-            return Ok(Streams::Tty(open(uds, container_id, exec_id, "tty")?));
+            return Ok(Streams::Tty(open(uds, container_id, exec_id, StreamKind::Tty)?));
         }
         Ok(Streams::Pipes {
-            stdin: open(uds, container_id, exec_id, "stdin")?,
-            stdout: open(uds, container_id, exec_id, "stdout")?,
-            stderr: open(uds, container_id, exec_id, "stderr")?,
+            stdin: open(uds, container_id, exec_id, StreamKind::Stdin)?,
+            stdout: open(uds, container_id, exec_id, StreamKind::Stdout)?,
+            stderr: open(uds, container_id, exec_id, StreamKind::Stderr)?,
         })
     }
 }
