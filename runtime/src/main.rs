@@ -52,11 +52,18 @@ fn run(cli: Cli) -> Result<i32> {
     let level = if cli.global.debug {
         "debug".to_owned()
     } else {
-        let ours = cli
+        let configured = cli
             .global
             .log_level
             .as_deref()
             .unwrap_or(&config.runtime.log_level);
+        // Without --log, stderr is often the container's too (run, exec):
+        // only warnings and errors may go there.
+        let ours = if cli.global.log.is_none() && cli.global.log_level.is_none() {
+            "warn"
+        } else {
+            configured
+        };
         format!("{ours},libcontainer=off,libcgroups=off")
     };
     log::init(cli.global.log.as_deref(), cli.global.log_format, &level).context("open the log")?;

@@ -517,8 +517,9 @@ fn create_in(
         monitor: monitor_ref,
     };
     st.save(root)?;
-    run_hooks(&st, "prestart", "created")?;
-    run_hooks(&st, "createRuntime", "created")?;
+    // As with runc, these hooks see the container still "creating".
+    run_hooks(&st, "prestart", "creating")?;
+    run_hooks(&st, "createRuntime", "creating")?;
     if let Some(path) = &args.pid_file {
         write_pid_file(path, monitor_ref.pid)?;
     }

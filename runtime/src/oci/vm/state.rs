@@ -35,7 +35,7 @@ pub fn dir(root: &Path, id: &str) -> PathBuf {
 }
 
 pub fn vsock_uds(dir: &Path) -> PathBuf {
-    dir.join("vm.sock")
+    dir.join("vsock.sock")
 }
 
 pub fn virtiofsd_socket(dir: &Path) -> PathBuf {

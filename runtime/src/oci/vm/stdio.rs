@@ -37,7 +37,12 @@ pub enum Streams {
 impl Streams {
     pub fn connect(uds: &Path, container_id: &str, exec_id: &str, tty: bool) -> Result<Self> {
         if tty {
-            return Ok(Streams::Tty(open(uds, container_id, exec_id, StreamKind::Tty)?));
+            return Ok(Streams::Tty(open(
+                uds,
+                container_id,
+                exec_id,
+                StreamKind::Tty,
+            )?));
         }
         Ok(Streams::Pipes {
             stdin: open(uds, container_id, exec_id, StreamKind::Stdin)?,
