@@ -145,6 +145,19 @@ impl Default for Runtime {
     }
 }
 
+/// A test that failed half-way must not leave containers (in VM mode:
+/// VMs that keep the CPUs busy) to the tests after it.
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let Ok(out) = self.command(&["list", "--quiet"]).output() else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.command(&["delete", "--force", id]).output();
+        }
+    }
+}
+
 impl Runtime {
     pub fn new() -> Self {
         Runtime {

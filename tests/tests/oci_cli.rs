@@ -145,19 +145,31 @@ fn signals_to_run_reach_the_container() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut ready = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut ready).unwrap();
-    assert_eq!(&ready, b"ready\n");
+    let stdout = child.stdout.take().unwrap();
+    // Read on a thread: a container that never says "ready" must fail the
+    // test, not hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        tx.send(line).unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        rest
+    });
+    let ready = rx.recv_timeout(command_timeout());
+    if ready.is_err() {
+        let _ = child.kill();
+    }
+    assert_eq!(ready.as_deref(), Ok("ready\n"));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let out = wait_output(child, command_timeout(), "kata-rs run");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert_eq!(rest, "term\n");
+    assert_eq!(reader.join().unwrap(), "term\n");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     rt.assert_clean(&id, &bundle);
 }
@@ -271,8 +283,14 @@ fn pause_freezes_and_resume_thaws() {
     rt.ok(&["resume", &id]);
     assert_eq!(rt.status(&id), "running");
     let before = count();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(count() > before, "the counter did not advance after resume");
+    let deadline = std::time::Instant::now() + command_timeout();
+    while count() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counter did not advance after resume"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     rt.ok(&["delete", "--force", &id]);
     rt.assert_clean(&id, &bundle);
 }
