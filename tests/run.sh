@@ -70,15 +70,36 @@ if [ "$mode" != hardware ]; then
     # tests/emulated-host/README.md); the LAPIC's own timer does not.
     export KATA_RS_TEST_KERNEL_PARAMS=lapic=notscdeadline
 fi
-vm_tests=$(cargo test -p kata-rs-tests --test vm --no-run --locked --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
+# The path of the kata-rs-tests integration test binary NAME.
+test_binary() {
+    cargo test -p kata-rs-tests --test "$1" --no-run --locked --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "vm" and m.get("executable"):
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+}
+vm_tests=$(test_binary vm)
 # One at a time: the emulated host has two CPUs, and each guest keeps both
 # busy while it boots.
 run_step "VM tests ($mode KVM)" run_with_kvm --timeout 2400 -- "$vm_tests" --ignored --test-threads=1
+
+# The OCI command-line tests again, each container in its own microVM, with
+# a configuration that points at this build's artefacts.
+test_config=${CARGO_TARGET_DIR:-$repo_root/target}/kata-rs/test-configuration.toml
+cat >"$test_config" <<EOF
+[hypervisor]
+vmm = "$KATA_RS_TEST_VMM"
+kernel = "$KATA_RS_TEST_KERNEL"
+initrd = "$KATA_RS_TEST_INITRD"
+kernel_params = "${KATA_RS_TEST_KERNEL_PARAMS:-}"
+[virtiofsd]
+path = "/usr/local/bin/virtiofsd"
+[runtime]
+isolation = "vm"
+EOF
+run_step "OCI command line, VM mode ($mode KVM)" run_with_kvm --timeout 1800 -- \
+    env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_config" "$(test_binary oci_cli)" --test-threads=1
 
 # The tally: libtest's "test result:" lines and the self-test's own line;
 # a step that failed without a failing test (a lint, a crash) counts as one
