@@ -31,8 +31,15 @@ pub fn isolation() -> String {
 }
 
 /// How long one runtime command may take: VM mode boots a VM, and inside
-/// the emulated KVM host that takes a while.
+/// the emulated KVM host that takes a while. $KATA_RS_TEST_TIMEOUT
+/// (seconds) overrides it.
 pub fn command_timeout() -> Duration {
+    if let Some(secs) = std::env::var("KATA_RS_TEST_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
     if isolation() == "vm" {
         Duration::from_secs(300)
     } else {
