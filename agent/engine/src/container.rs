@@ -182,9 +182,24 @@ impl Container {
             return Err(self.wrong_status("delete it without --force"));
         }
         let id = self.id().to_owned();
-        self.inner
-            .delete(force)
-            .map_err(|e| EngineError::engine(&id, "delete", e))?;
+        // A process that just exited can linger in its cgroup for a moment,
+        // and removing the cgroup then fails with EBUSY (runc retries too);
+        // libcontainer gives up before running any poststop hook, so a
+        // retry repeats nothing.
+        let mut backoff = std::time::Duration::from_millis(10);
+        loop {
+            match self.inner.delete(force) {
+                Ok(()) => break,
+                Err(libcontainer::error::LibcontainerError::CgroupManager(e))
+                    if backoff < std::time::Duration::from_millis(500) =>
+                {
+                    tracing::debug!(id, error = %e, "cgroup still busy; retrying delete");
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                }
+                Err(e) => return Err(EngineError::engine(&id, "delete", e)),
+            }
+        }
         if let Some(root) = self.inner.root.parent() {
             crate::copyup::cleanup(root, &id);
         }
