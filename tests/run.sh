@@ -46,29 +46,47 @@ export KATA_RS_TEST_INITRD=$KATA_RS_INITRD
 # agent's PID-1 test needs root, which this script has.
 run_step "unit and host tests" cargo test --workspace --exclude kata-rs-tests --exclude kata-rs-agent --locked
 run_step "agent tests, PID 1 in namespaces included" cargo test -p kata-rs-agent --locked -- --include-ignored
-export KATA_RS_TEST_RUNTIME=$repo_root/target/debug/kata-rs
-run_step "OCI command line, namespace mode" env KATA_RS_TEST_ISOLATION=namespace \
-    cargo test -p kata-rs-tests --test oci_cli --locked
-
-# Real peers drive an OCI runtime natively: each behaviour runs with runc,
-# then with kata-rs, and both must agree. kata-rs takes part once it answers
-# the runc-compatible `features`; until then every one of these tests says
-# SKIP.
-if "$repo_root/target/debug/kata-rs" features >/dev/null 2>&1; then
-    export KATA_RS_TEST_OCI_RUNTIME=$repo_root/target/debug/kata-rs
-else
-    echo "=== kata-rs does not answer 'features' yet: the real-peer tests skip"
-fi
-run_step "real-peer tests (podman, ctr)" cargo test -p kata-rs-tests --test podman --test ctr --locked -- --nocapture
-unset KATA_RS_TEST_OCI_RUNTIME
-
 mode=$(kvm_mode)
-echo "=== KVM on this host: $mode"
 if [ "$mode" != hardware ]; then
-    run_step "emulated KVM host self-test" "$repo_root/tests/emulated-host/selftest.sh"
     # Nested under TCG, the guests' TSC-deadline timer fires late (see
     # tests/emulated-host/README.md); the LAPIC's own timer does not.
     export KATA_RS_TEST_KERNEL_PARAMS=lapic=notscdeadline
+fi
+
+# Configurations for the OCI tests: this build's artefacts, and each
+# isolation mode as the default; the real peers get kata-rs through a
+# wrapper that names the configuration, as a user's containers.conf would.
+test_dir=${CARGO_TARGET_DIR:-$repo_root/target}/kata-rs
+mkdir -p "$test_dir"
+for isolation in namespace vm; do
+    cat >"$test_dir/test-$isolation.toml" <<EOF
+[hypervisor]
+vmm = "$KATA_RS_TEST_VMM"
+kernel = "$KATA_RS_TEST_KERNEL"
+initrd = "$KATA_RS_TEST_INITRD"
+kernel_params = "${KATA_RS_TEST_KERNEL_PARAMS:-}"
+[virtiofsd]
+path = "/usr/local/bin/virtiofsd"
+[runtime]
+isolation = "$isolation"
+EOF
+    printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$repo_root/target/debug/kata-rs" \
+        "$test_dir/test-$isolation.toml" >"$test_dir/kata-rs-$isolation"
+    chmod +x "$test_dir/kata-rs-$isolation"
+done
+export KATA_RS_TEST_RUNTIME=$repo_root/target/debug/kata-rs
+run_step "OCI command line, namespace mode" env KATA_RS_TEST_ISOLATION=namespace \
+    KATA_RS_CONFIG="$test_dir/test-namespace.toml" cargo test -p kata-rs-tests --test oci_cli --locked
+
+# Real peers drive kata-rs as they drive runc: each behaviour runs with
+# runc, then with kata-rs, and both must agree.
+run_step "real-peer tests (podman, ctr), namespace mode" env \
+    KATA_RS_TEST_OCI_RUNTIME="$test_dir/kata-rs-namespace" \
+    cargo test -p kata-rs-tests --test podman --test ctr --locked -- --nocapture
+
+echo "=== KVM on this host: $mode"
+if [ "$mode" != hardware ]; then
+    run_step "emulated KVM host self-test" "$repo_root/tests/emulated-host/selftest.sh"
 fi
 # The path of the kata-rs-tests integration test binary NAME.
 test_binary() {
@@ -84,22 +102,11 @@ vm_tests=$(test_binary vm)
 # busy while it boots.
 run_step "VM tests ($mode KVM)" run_with_kvm --timeout 2400 -- "$vm_tests" --ignored --test-threads=1
 
-# The OCI command-line tests again, each container in its own microVM, with
-# a configuration that points at this build's artefacts.
-test_config=${CARGO_TARGET_DIR:-$repo_root/target}/kata-rs/test-configuration.toml
-cat >"$test_config" <<EOF
-[hypervisor]
-vmm = "$KATA_RS_TEST_VMM"
-kernel = "$KATA_RS_TEST_KERNEL"
-initrd = "$KATA_RS_TEST_INITRD"
-kernel_params = "${KATA_RS_TEST_KERNEL_PARAMS:-}"
-[virtiofsd]
-path = "/usr/local/bin/virtiofsd"
-[runtime]
-isolation = "vm"
-EOF
+# The OCI command-line tests and the real peers again, each container in
+# its own microVM.
 run_step "OCI command line, VM mode ($mode KVM)" run_with_kvm --timeout 1800 -- \
-    env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_config" "$(test_binary oci_cli)" --test-threads=1
+    env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
+    "$(test_binary oci_cli)" --test-threads=1 --nocapture
 
 # The tally: libtest's "test result:" lines and the self-test's own line;
 # a step that failed without a failing test (a lint, a crash) counts as one
