@@ -49,6 +49,12 @@ pub enum SandboxError {
     Wait(#[source] std::io::Error),
 }
 
+/// The hybrid vsock socket of the sandbox in `dir`: where the VMM binds it
+/// and where later commands find it.
+pub fn vsock_uds(dir: &Path) -> PathBuf {
+    dir.join("vsock.sock")
+}
+
 /// What to boot, beyond the configuration's defaults.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
@@ -86,7 +92,7 @@ impl VmSandbox {
             path: dir.to_owned(),
             source,
         })?;
-        let uds = dir.join("vsock.sock");
+        let uds = vsock_uds(dir);
         let console = dir.join("console.log");
         let vmm_log = File::create(dir.join("vmm.log")).map_err(|source| SandboxError::Dir {
             path: dir.to_owned(),

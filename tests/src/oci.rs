@@ -226,6 +226,32 @@ impl Runtime {
         out
     }
 
+    /// The arguments of `run` for `bundle` as `id`, with the isolation
+    /// under test.
+    pub fn run_args(id: &str, bundle: &Bundle) -> Vec<String> {
+        vec![
+            "run".into(),
+            format!("--isolation={}", isolation()),
+            "--bundle".into(),
+            bundle.path().to_string_lossy().into_owned(),
+            id.into(),
+        ]
+    }
+
+    /// `run` of `bundle` as `id`, to be spawned with the caller's stdio.
+    pub fn run_command(&self, id: &str, bundle: &Bundle) -> Command {
+        let args = Self::run_args(id, bundle);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.command(&args)
+    }
+
+    /// `run` of `bundle` as `id` to completion.
+    pub fn run_container(&self, id: &str, bundle: &Bundle) -> Output {
+        let args = Self::run_args(id, bundle);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args)
+    }
+
     /// `create` with the isolation under test.
     pub fn create(&self, id: &str, bundle: &Bundle) -> Output {
         let iso = format!("--isolation={}", isolation());

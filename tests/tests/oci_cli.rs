@@ -80,14 +80,7 @@ fn run_propagates_the_exit_code_and_keeps_streams_apart() {
     let rt = Runtime::new();
     let id = id("exit");
     let bundle = Bundle::new(&id, &["sh", "-c", "echo out; echo err >&2; exit 42"]);
-    let iso = format!("--isolation={}", isolation());
-    let out = rt.run(&[
-        "run",
-        &iso,
-        "--bundle",
-        bundle.path().to_str().unwrap(),
-        &id,
-    ]);
+    let out = rt.run_container(&id, &bundle);
     assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(stderr(&out), "err\n");
@@ -99,15 +92,8 @@ fn run_passes_stdin_through() {
     let rt = Runtime::new();
     let id = id("stdin");
     let bundle = Bundle::new(&id, &["sh", "-c", "read line; echo got:$line"]);
-    let iso = format!("--isolation={}", isolation());
     let mut child = rt
-        .command(&[
-            "run",
-            &iso,
-            "--bundle",
-            bundle.path().to_str().unwrap(),
-            &id,
-        ])
+        .run_command(&id, &bundle)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -140,15 +126,8 @@ fn signals_to_run_reach_the_container() {
             "trap 'echo term; exit 3' TERM; echo ready; while :; do sleep 0.1; done",
         ],
     );
-    let iso = format!("--isolation={}", isolation());
     let mut child = rt
-        .command(&[
-            "run",
-            &iso,
-            "--bundle",
-            bundle.path().to_str().unwrap(),
-            &id,
-        ])
+        .run_command(&id, &bundle)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -187,15 +166,8 @@ fn a_container_killed_by_a_signal_reports_128_plus_n() {
     let rt = Runtime::new();
     let id = id("kill9");
     let bundle = Bundle::new(&id, &["sleep", "300"]);
-    let iso = format!("--isolation={}", isolation());
     let child = rt
-        .command(&[
-            "run",
-            &iso,
-            "--bundle",
-            bundle.path().to_str().unwrap(),
-            &id,
-        ])
+        .run_command(&id, &bundle)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -324,14 +296,7 @@ fn hooks_run_in_order_and_a_failing_hook_stops_create() {
         "poststop": entry("poststop"),
     });
     bundle.save();
-    let iso = format!("--isolation={}", isolation());
-    let out = rt.run(&[
-        "run",
-        &iso,
-        "--bundle",
-        bundle.path().to_str().unwrap(),
-        &id,
-    ]);
+    let out = rt.run_container(&id, &bundle);
     assert!(out.status.success(), "{}", stderr(&out));
     let trace_text = std::fs::read_to_string(&trace).unwrap();
     let order: Vec<&str> = trace_text

@@ -102,7 +102,7 @@ impl Vm {
     }
 
     fn uds(&self) -> PathBuf {
-        state::vsock_uds(&self.dir())
+        crate::sandbox::vsock_uds(&self.dir())
     }
 
     fn agent(&self) -> Result<AgentClient> {
@@ -275,7 +275,7 @@ impl Vm {
 /// Ends every host process of a VM container and unmounts its share.
 fn teardown(st: &VmState, dir: &Path) {
     if st.vmm.alive() {
-        if let Ok(client) = monitor::agent(&state::vsock_uds(dir)) {
+        if let Ok(client) = monitor::agent(&crate::sandbox::vsock_uds(dir)) {
             let req = kata_rs_protocol::agent::DestroySandboxRequest::new();
             let _ = client.agent.destroy_sandbox(
                 ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64),
@@ -633,7 +633,7 @@ pub fn monitor_main(
     // SAFETY: the fd was placed by our parent for us alone.
     let control = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(control_fd) };
     let target = monitor::Target {
-        uds: state::vsock_uds(&state::dir(root, id)),
+        uds: crate::sandbox::vsock_uds(&state::dir(root, id)),
         container_id: id.to_owned(),
         exec_id: exec_id.unwrap_or_default(),
         tty,

@@ -34,10 +34,6 @@ pub fn dir(root: &Path, id: &str) -> PathBuf {
     root.join(id)
 }
 
-pub fn vsock_uds(dir: &Path) -> PathBuf {
-    dir.join("vsock.sock")
-}
-
 pub fn virtiofsd_socket(dir: &Path) -> PathBuf {
     dir.join("fs.sock")
 }
