@@ -126,10 +126,11 @@ fn read_reply_line(stream: &mut UnixStream, port: u32, deadline: Instant) -> io:
                     ));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if timeout_kind(e.kind()) == io::ErrorKind::TimedOut => {
-                return Err(timed_out(port, &line))
-            }
+            // The socket timer works in jiffies and can fire just before
+            // the deadline; the next `remaining()` decides whether time is up.
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted
+                    || timeout_kind(e.kind()) == io::ErrorKind::TimedOut => {}
             Err(e) => return Err(e),
         }
     }
