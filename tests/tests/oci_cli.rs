@@ -108,14 +108,6 @@ fn run_passes_stdin_through() {
 
 #[test]
 fn signals_to_run_reach_the_container() {
-    if isolation() == "vm" {
-        // Seen in the emulated KVM host: run alone this passes in VM mode,
-        // but after other VM tests the running container's first output
-        // ("ready") does not reach the host until it exits (the container
-        // runs and has printed it). Under investigation; not counted.
-        println!("SKIP: VM mode: live output of a running container is delayed after earlier VMs (known issue)");
-        return;
-    }
     let rt = Runtime::new();
     let id = id("sig");
     let bundle = Bundle::new(

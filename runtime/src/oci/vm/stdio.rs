@@ -2,7 +2,7 @@
 //! connection per stream to the agent's stdio port, named by a header
 //! line (protos/agent.proto), then raw bytes.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::thread::JoinHandle;
@@ -52,6 +52,27 @@ impl Streams {
     }
 }
 
+/// Copies `from` to `to` as each read returns, until EOF.
+///
+/// Not `std::io::copy`: from a socket into a pipe it uses splice(2), and
+/// Linux holds the pipe's lock while splice waits for socket data, so the
+/// pipe's reader (conmon, a shim, a shell) could not read the output
+/// already in the pipe until more arrived or the stream ended.
+fn forward(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                to.write_all(&buf[..n])?;
+                to.flush()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Copies `from` to `to` until EOF on another thread; `done` runs after.
 pub fn pump<R, W>(
     name: &'static str,
@@ -60,13 +81,13 @@ pub fn pump<R, W>(
     done: impl FnOnce(&mut W) + Send + 'static,
 ) -> JoinHandle<()>
 where
-    R: std::io::Read + Send + 'static,
-    W: std::io::Write + Send + 'static,
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
 {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            if let Err(e) = std::io::copy(&mut from, &mut to) {
+            if let Err(e) = forward(&mut from, &mut to) {
                 // EIO is how a pty reports that its other side closed.
                 if e.raw_os_error() != Some(libc::EIO) {
                     tracing::debug!(stream = name, error = %e, "stream ended");
@@ -110,5 +131,31 @@ pub fn join_bounded(threads: Vec<JoinHandle<()>>, bound: Duration) {
         if t.is_finished() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_in_the_pipe_is_readable_while_the_stream_stays_open() {
+        let (mut guest, from) = UnixStream::pair().unwrap();
+        let (mut reader, to) = std::io::pipe().unwrap();
+        guest.write_all(b"ready\n").unwrap();
+        let pump = pump("test", from, to, |_| {});
+        // The pump takes "ready" and waits on the open stream for more
+        // before the reader looks: that wait must not keep "ready" away.
+        std::thread::sleep(Duration::from_millis(100));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = [0u8; 6];
+            tx.send(reader.read_exact(&mut line).map(|()| line))
+                .unwrap();
+        });
+        let line = rx.recv_timeout(Duration::from_secs(5));
+        drop(guest);
+        pump.join().unwrap();
+        assert_eq!(line.expect("output arrived").unwrap(), *b"ready\n");
     }
 }
