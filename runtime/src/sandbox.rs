@@ -35,8 +35,12 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the VMM exited with {status} before the agent answered; {console}")]
-    VmmExited { status: ExitStatus, console: String },
+    #[error("the VMM exited with {status} before the agent answered ({vmm_says}); {console}")]
+    VmmExited {
+        status: ExitStatus,
+        vmm_says: String,
+        console: String,
+    },
     #[error("the agent did not answer within {0:?}; {1}")]
     AgentTimeout(Duration, String),
     #[error("agent request {what} failed")]
@@ -79,6 +83,7 @@ pub struct VmSandbox {
     dir: PathBuf,
     uds: PathBuf,
     console: PathBuf,
+    vmm_log: PathBuf,
     /// Handed over to a later command: dropping this handle leaves the VMM.
     detached: bool,
 }
@@ -94,7 +99,8 @@ impl VmSandbox {
         })?;
         let uds = vsock_uds(dir);
         let console = dir.join("console.log");
-        let vmm_log = File::create(dir.join("vmm.log")).map_err(|source| SandboxError::Dir {
+        let vmm_log_path = dir.join("vmm.log");
+        let vmm_log = File::create(&vmm_log_path).map_err(|source| SandboxError::Dir {
             path: dir.to_owned(),
             source,
         })?;
@@ -138,6 +144,7 @@ impl VmSandbox {
             dir: dir.to_owned(),
             uds,
             console,
+            vmm_log: vmm_log_path,
             detached: false,
         })
     }
@@ -169,6 +176,7 @@ impl VmSandbox {
             if let Some(status) = self.vmm.try_wait().map_err(SandboxError::Wait)? {
                 return Err(SandboxError::VmmExited {
                     status,
+                    vmm_says: self.vmm_last_words(),
                     console: self.console_tail(),
                 });
             }
@@ -218,6 +226,15 @@ impl VmSandbox {
                 return self.vmm.wait().map_err(SandboxError::Wait);
             }
             std::thread::sleep(AGENT_POLL_INTERVAL);
+        }
+    }
+
+    /// The VMM's last line on stderr: why it gave up, when it did.
+    fn vmm_last_words(&self) -> String {
+        let text = std::fs::read_to_string(&self.vmm_log).unwrap_or_default();
+        match text.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(line) => format!("it said: {}", line.trim()),
+            None => "it printed nothing".to_owned(),
         }
     }
 

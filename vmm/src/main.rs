@@ -64,6 +64,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
         .with_writer(std::io::stderr)
+        // The runtime sends stderr to a log file and quotes it in errors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = VmConfig {
         kernel: args.kernel,
