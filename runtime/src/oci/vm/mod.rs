@@ -488,10 +488,15 @@ fn create_in(
     let mut req = CreateContainerRequest::new();
     req.container_id = id.clone();
     req.spec_json = serde_json::to_vec(&guest_spec)?;
-    client
-        .agent
-        .create_container(ctx(), &req)
-        .map_err(|e| rpc_error("create in the guest", id, e))?;
+    if let Err(e) = client.agent.create_container(ctx(), &req) {
+        // A guest that died under the request explains itself on its console.
+        let console = made
+            .sandbox
+            .as_ref()
+            .map(VmSandbox::console_tail)
+            .unwrap_or_default();
+        bail!("{:#}; {console}", rpc_error("create in the guest", id, e));
+    }
     std::io::Write::write_all(&mut &control, b"go\n").context("release the monitor")?;
 
     let st = VmState {
