@@ -80,6 +80,8 @@ def main():
     p.add_argument("--isolation", required=True, choices=["vm", "namespace"])
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--config")
+    p.add_argument("--qemu-boot-ms", type=float,
+                   help="QEMU -M microvm's exec -> agent ready with the same kernel and initrd")
     a = p.parse_args()
 
     env = dict(os.environ)
@@ -102,6 +104,9 @@ def main():
         km, rm = statistics.median(kt), statistics.median(rt)
         print(f"run /bin/true, {a.isolation} mode, N={a.runs} (median wall):")
         print(f"  kata-rs {km * 1000:.1f} ms   runc {rm * 1000:.1f} ms   ratio {km / rm:.2f}x")
+        if a.qemu_boot_ms:
+            print(f"  QEMU microvm boot to agent ready {a.qemu_boot_ms:.1f} ms   "
+                  f"kata-rs whole run / that boot {km * 1000 / a.qemu_boot_ms:.2f}x")
 
         s = os.path.join(work, "sleep")
         bundle(s, ["sleep", "300"])

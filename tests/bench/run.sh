@@ -37,6 +37,18 @@ kernel_params = "$params"
 [virtiofsd]
 path = "/usr/local/bin/virtiofsd"
 EOC
-echo "== VM mode ($mode KVM)"
-run_with_kvm --timeout 2400 -- python3 "$bench" --kata-rs "$kata" --isolation vm \
-    --runs "$(( runs < 8 ? runs : 8 ))" --config "$config"
+echo "== VM mode ($mode KVM), QEMU -M microvm with the same kernel and initrd as reference"
+# In one emulated-host session, so both see the same environment: the boot
+# benchmark (1 vCPU) gives QEMU's exec -> agent ready, then the container
+# benchmark runs kata-rs and runc.
+cargo build --release --locked -p kata-rs-tests --bin kata-rs-boot-bench >&2
+vm_runs=$(( runs < 8 ? runs : 8 ))
+run_with_kvm --timeout 2400 -- bash -c '
+    set -euo pipefail
+    target/release/kata-rs-boot-bench --vmm target/release/kata-rs-vmm \
+        --qemu "$(command -v qemu-system-x86_64)" --kernel "$1" --bzimage "$2" \
+        --initrd "$3" --runs "$4" --append "$5" --vcpus 1 | tee /tmp/boot-bench.txt
+    qemu_ms=$(awk "\$1 == 1 && /exec -> agent Check answered/ { print \$(NF-3) }" /tmp/boot-bench.txt)
+    python3 "$6" --kata-rs "$7" --isolation vm --runs "$4" --config "$8" --qemu-boot-ms "$qemu_ms"
+' _ "$KATA_RS_KERNEL_DIR/vmlinux" "$KATA_RS_KERNEL_DIR/bzImage" "$KATA_RS_INITRD" \
+    "$vm_runs" "$params" "$bench" "$kata" "$config"

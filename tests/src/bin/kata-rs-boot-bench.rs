@@ -1,6 +1,6 @@
 //! Boot benchmark: kata-rs-vmm side by side with QEMU `-M microvm` booting
 //! the same guest kernel, initrd and command line on the same KVM, for 1
-//! and 2 vCPUs. Prints medians and kata-rs/QEMU ratios of:
+//! and 2 vCPUs (or those given with --vcpus). Prints medians and kata-rs/QEMU ratios of:
 //!
 //! - exec to the first byte on the serial console (the kernel's
 //!   earlyprintk: the guest is running);
@@ -38,6 +38,8 @@ struct Args {
     memory_mib: u64,
     /// Kernel arguments added for both VMMs (the environment's needs).
     append: String,
+    /// The vCPU counts to measure.
+    vcpus: Vec<u8>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args> {
         runs: 5,
         memory_mib: 256,
         append: String::new(),
+        vcpus: vec![1, 2],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +66,15 @@ fn parse_args() -> Result<Args> {
             "--runs" => args.runs = value.parse().context("--runs")?,
             "--memory-mib" => args.memory_mib = value.parse().context("--memory-mib")?,
             "--append" => args.append = value,
+            "--vcpus" => {
+                args.vcpus = value
+                    .split(',')
+                    .map(|n| {
+                        n.parse()
+                            .context("--vcpus: a comma-separated list of counts")
+                    })
+                    .collect::<Result<_>>()?
+            }
             _ => bail!("unknown option {flag}"),
         }
     }
@@ -282,7 +294,7 @@ fn main() -> Result<()> {
         "vCPUs", "metric", "kata-rs elf", "kata-rs bzImg", "qemu-microvm", "elf/qemu", "bz/qemu"
     );
     let mut cid = 3;
-    for vcpus in [1u8, 2] {
+    for &vcpus in &args.vcpus {
         let (mut elf, mut bz, mut qemu_runs) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.runs {
             let dir = tempfile::tempdir()?;
