@@ -75,6 +75,8 @@ def descendants_named(needle):
 
 
 def main():
+    # Each figure is printed as it is known: a run cut short keeps them.
+    sys.stdout.reconfigure(line_buffering=True)
     p = argparse.ArgumentParser()
     p.add_argument("--kata-rs", required=True)
     p.add_argument("--isolation", required=True, choices=["vm", "namespace"])
