@@ -565,20 +565,21 @@ impl Podman {
         );
     }
 
-    fn remove_all(&self) {
-        if !self.names.is_empty() {
-            let mut cmd = self.command();
-            cmd.args(["rm", "--force", "--ignore", "--time", "0"])
-                .args(&self.names);
-            let _ = run(&mut cmd, None);
+    fn remove_all(&self) -> Option<Outcome> {
+        if self.names.is_empty() {
+            return None;
         }
+        let mut cmd = self.command();
+        cmd.args(["rm", "--force", "--ignore", "--time", "0"])
+            .args(&self.names);
+        Some(run(&mut cmd, None))
     }
 
     /// Removes this test's containers and checks nothing of them is left:
     /// no container in `podman ps -a`, no conmon, no process in their
     /// cgroups.
     pub fn finish(mut self) {
-        self.remove_all();
+        let removed = self.remove_all();
         for name in std::mem::take(&mut self.names) {
             let listed = self.ok(&[
                 "ps",
@@ -587,7 +588,11 @@ impl Podman {
                 "--filter",
                 &format!("name=^{name}$"),
             ]);
-            assert_eq!(listed.trim(), "", "container {name} is still listed");
+            assert_eq!(
+                listed.trim(),
+                "",
+                "container {name} is still listed after podman rm: {removed:?}"
+            );
             let mut needles = vec![name.clone()];
             if let Ok(id) = std::fs::read_to_string(self.store.join("cids").join(&name)) {
                 needles.push(id.trim().to_owned());
@@ -605,7 +610,7 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        self.remove_all();
+        let _ = self.remove_all();
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::ContainerStatus;
+use libcontainer::error::LibcontainerError;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{LinuxResources, Process, Spec};
@@ -14,6 +15,22 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::lock::IdLock;
+
+/// Runs a libcontainer call that reads the init's status, a second time if
+/// the first failed in procfs: libcontainer checks that /proc/<pid> exists
+/// and then reads its stat file, and an init reaped in between (by conmon, a
+/// shim) fails the read. Asked again, it sees the init gone: stopped.
+pub(crate) fn reaped_tolerant<T>(
+    mut call: impl FnMut() -> std::result::Result<T, LibcontainerError>,
+) -> std::result::Result<T, LibcontainerError> {
+    match call() {
+        Err(LibcontainerError::Procfs(e)) => {
+            tracing::debug!(error = %e, "the init went away while its status was read; reading again");
+            call()
+        }
+        other => other,
+    }
+}
 
 /// The state of a container as the OCI runtime spec and runc print it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -129,7 +146,7 @@ impl Container {
     pub fn kill(&mut self, signal: nix::sys::signal::Signal, all: bool) -> Result<()> {
         let before = self.inner.status();
         if !(self.inner.can_kill() || all && before == ContainerStatus::Stopped) {
-            return Err(self.wrong_status("signal it (it is not running)"));
+            return Err(self.wrong_status("signal it: container not running"));
         }
         let id = self.id().to_owned();
         let signal = Signal::try_from(signal as i32).map_err(|e| EngineError::Engine {
@@ -142,8 +159,7 @@ impl Container {
             .map_err(|e| EngineError::engine(&id, "kill", e))?;
         // libcontainer records "stopped" after any signal; a signal that did
         // not end the init leaves the container as it was (paused, created).
-        self.inner
-            .refresh_status()
+        reaped_tolerant(|| self.inner.refresh_status())
             .map_err(|e| EngineError::engine(&id, "refresh state", e))?;
         if self.inner.status() != ContainerStatus::Stopped && before != ContainerStatus::Running {
             self.inner.set_status(before);

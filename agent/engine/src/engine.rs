@@ -10,7 +10,7 @@ use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Spec;
 
-use crate::container::Container;
+use crate::container::{reaped_tolerant, Container};
 use crate::copyup;
 use crate::error::{EngineError, Result};
 use crate::lock::IdLock;
@@ -104,7 +104,7 @@ impl Engine {
                 }
                 point_state_at_bundle(&dir, &bundle)
                     .map_err(|e| EngineError::io(id, "record the bundle", e))?;
-                libcontainer::container::Container::load(dir.clone())
+                reaped_tolerant(|| libcontainer::container::Container::load(dir.clone()))
                     .map_err(|e| EngineError::engine(id, "load state", e))
             });
         match result {
@@ -121,7 +121,9 @@ impl Engine {
     /// Removes what a failed create left: libcontainer makes the state
     /// directory (and may have made the cgroup) before it can fail.
     fn undo_create(&self, id: &str, dir: &Path) {
-        if let Ok(mut partial) = libcontainer::container::Container::load(dir.to_owned()) {
+        if let Ok(mut partial) =
+            reaped_tolerant(|| libcontainer::container::Container::load(dir.to_owned()))
+        {
             if let Err(e) = partial.delete(true) {
                 tracing::warn!(id, error = %crate::error::chain(&e), "undo a failed create");
             }
@@ -138,7 +140,7 @@ impl Engine {
             lock.remove();
             return Err(EngineError::NotFound { id: id.to_owned() });
         }
-        let inner = libcontainer::container::Container::load(dir)
+        let inner = reaped_tolerant(|| libcontainer::container::Container::load(dir.clone()))
             .map_err(|e| EngineError::engine(id, "load state", e))?;
         Ok(Container::new(inner, lock))
     }
