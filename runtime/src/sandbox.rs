@@ -238,6 +238,23 @@ impl VmSandbox {
         }
     }
 
+    /// What the VM side tells after a request to the agent failed: whether
+    /// the VMM still runs and what it and the guest console printed last. A
+    /// guest that lost its agent panics within moments, so this waits that
+    /// long for the VMM to exit first.
+    pub fn post_mortem(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let vmm = loop {
+            match self.vmm.try_wait() {
+                Ok(Some(status)) => break format!("the VMM exited with {status}"),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(AGENT_POLL_INTERVAL),
+                Ok(None) => break "the VMM still runs".to_owned(),
+                Err(e) => break format!("the VMM's status is unknown ({e})"),
+            }
+        };
+        format!("{vmm}; {}; {}", self.vmm_last_words(), self.console_tail())
+    }
+
     /// The last lines of the guest console, for error messages.
     pub fn console_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.console).unwrap_or_default();

@@ -40,8 +40,10 @@ pub fn command_timeout() -> Duration {
     {
         return Duration::from_secs(secs);
     }
+    // Longer than kata-rs's own limits on a create (boot, CreateContainer,
+    // monitor), so that its error, not this timeout, says what went wrong.
     if isolation() == "vm" {
-        Duration::from_secs(300)
+        Duration::from_secs(420)
     } else {
         Duration::from_secs(60)
     }
@@ -49,19 +51,25 @@ pub fn command_timeout() -> Duration {
 
 /// Waits for `child`, killing it and failing the test after `timeout`.
 pub fn wait_output(child: Child, timeout: Duration, what: &str) -> Output {
+    wait_or_kill(child, timeout)
+        .unwrap_or_else(|| panic!("{what} did not finish within {timeout:?}"))
+}
+
+/// Waits for `child`; kills it and returns None after `timeout`.
+fn wait_or_kill(child: Child, timeout: Duration) -> Option<Output> {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(timeout) {
-        Ok(out) => out.expect("wait for a child"),
+        Ok(out) => Some(out.expect("wait for a child")),
         Err(_) => {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            panic!("{what} did not finish within {timeout:?}");
+            None
         }
     }
 }
@@ -199,13 +207,20 @@ impl Runtime {
             .stderr(err.try_clone().unwrap())
             .spawn()
             .expect("start kata-rs");
-        let status = wait_output(child, command_timeout(), &format!("kata-rs {args:?}")).status;
+        let finished = wait_or_kill(child, command_timeout());
         let read = |mut f: std::fs::File| {
             use std::io::{Read, Seek};
             let mut buf = Vec::new();
             f.seek(std::io::SeekFrom::Start(0)).unwrap();
             f.read_to_end(&mut buf).unwrap();
             buf
+        };
+        let Some(Output { status, .. }) = finished else {
+            panic!(
+                "kata-rs {args:?} did not finish within {:?}; its stderr so far: {}",
+                command_timeout(),
+                String::from_utf8_lossy(&read(err))
+            );
         };
         Output {
             status,
@@ -257,6 +272,18 @@ impl Runtime {
         let iso = format!("--isolation={}", isolation());
         let b = bundle.path().to_str().unwrap();
         self.run(&["create", &iso, "--bundle", b, id])
+    }
+
+    /// `create`, which must succeed.
+    pub fn create_ok(&self, id: &str, bundle: &Bundle) -> Output {
+        let out = self.create(id, bundle);
+        assert!(
+            out.status.success(),
+            "kata-rs create {id} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     pub fn state(&self, id: &str) -> Value {

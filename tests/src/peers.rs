@@ -720,30 +720,35 @@ impl Containerd {
             .to_owned()
     }
 
-    fn remove_all(&self) {
+    /// Kills and deletes this test's tasks and containers; returns what
+    /// each ctr command answered.
+    fn remove_all(&self) -> Vec<Outcome> {
+        let mut answers = Vec::new();
         for id in &self.ids {
-            let _ = run(
-                &mut self.ctr(&["task", "kill", "--signal", "SIGKILL", id]),
-                None,
-            );
-            let _ = run(&mut self.ctr(&["task", "delete", "--force", id]), None);
-            let _ = run(&mut self.ctr(&["container", "delete", id]), None);
+            for args in [
+                &["task", "kill", "--signal", "SIGKILL", id][..],
+                &["task", "delete", "--force", id],
+                &["container", "delete", id],
+            ] {
+                answers.push(run(&mut self.ctr(args), None));
+            }
         }
+        answers
     }
 
     /// Deletes this test's containers and checks nothing of them is left:
     /// no task or container in ctr, no shim, no process in their cgroups.
     pub fn finish(mut self) {
-        self.remove_all();
+        let removed = self.remove_all();
         assert_eq!(
             run_ok(&mut self.ctr(&["task", "ls", "--quiet"])).trim(),
             "",
-            "tasks left"
+            "tasks left after kill and delete: {removed:?}"
         );
         assert_eq!(
             run_ok(&mut self.ctr(&["container", "ls", "--quiet"])).trim(),
             "",
-            "containers left"
+            "containers left after kill and delete: {removed:?}"
         );
         let address = self.address().to_string_lossy().into_owned();
         for needle in std::mem::take(&mut self.ids).iter().chain([&address]) {

@@ -176,7 +176,7 @@ fn exec_runs_with_env_cwd_and_user() {
     let rt = Runtime::new();
     let id = id("exec");
     let bundle = Bundle::new(&id, &["sleep", "300"]);
-    assert!(rt.create(&id, &bundle).status.success());
+    rt.create_ok(&id, &bundle);
     rt.ok(&["start", &id]);
     let out = rt.ok(&[
         "exec",
@@ -233,7 +233,7 @@ fn pause_freezes_and_resume_thaws() {
             "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
         ],
     );
-    assert!(rt.create(&id, &bundle).status.success());
+    rt.create_ok(&id, &bundle);
     rt.ok(&["start", &id]);
     let count = || {
         let out = rt.ok(&["exec", &id, "cat", "/tmp/count"]);
@@ -350,7 +350,7 @@ fn bad_input_gets_one_clear_error_and_changes_nothing() {
     assert_one_line_error(&rt.run(&["delete", &id]), "does not exist");
     rt.ok(&["delete", "--force", &id]);
 
-    assert!(rt.create(&id, &bundle).status.success());
+    rt.create_ok(&id, &bundle);
     let before = rt.state(&id);
     assert_one_line_error(&rt.create(&id, &bundle), "already exists");
     assert_one_line_error(&rt.run(&["kill", &id, "SIGNOPE"]), "unknown signal");
@@ -403,7 +403,7 @@ fn concurrent_commands_on_one_container_stay_consistent() {
     let rt = std::sync::Arc::new(Runtime::new());
     let id = id("conc");
     let bundle = Bundle::new(&id, &["sleep", "300"]);
-    assert!(rt.create(&id, &bundle).status.success());
+    rt.create_ok(&id, &bundle);
     rt.ok(&["start", &id]);
     let workers: Vec<_> = (0..4)
         .map(|i| {

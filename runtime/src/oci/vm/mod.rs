@@ -181,7 +181,7 @@ impl Vm {
         let status = self.status();
         if status == "stopped" && !all {
             bail!(
-                "container {} is stopped: cannot signal it (it is not running)",
+                "container {} is stopped: cannot signal it: container not running",
                 self.state.id
             );
         }
@@ -489,13 +489,14 @@ fn create_in(
     req.container_id = id.clone();
     req.spec_json = serde_json::to_vec(&guest_spec)?;
     if let Err(e) = client.agent.create_container(ctx(), &req) {
-        // A guest that died under the request explains itself on its console.
-        let console = made
+        // A guest or VMM that died under the request explains itself in
+        // its logs.
+        let why = made
             .sandbox
-            .as_ref()
-            .map(VmSandbox::console_tail)
+            .as_mut()
+            .map(VmSandbox::post_mortem)
             .unwrap_or_default();
-        bail!("{:#}; {console}", rpc_error("create in the guest", id, e));
+        bail!("{:#}; {why}", rpc_error("create in the guest", id, e));
     }
     std::io::Write::write_all(&mut &control, b"go\n").context("release the monitor")?;
 
