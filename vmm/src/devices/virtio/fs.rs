@@ -35,7 +35,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::VIRTIO_F_VERSION_1;
-use super::{ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
+use super::{read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
 use crate::memory::GuestMemory;
 
 /// Length of the tag field of the config space; longer tags are refused.
@@ -439,14 +439,7 @@ impl VirtioDevice for Fs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -107,6 +107,21 @@ pub enum ActivateError {
     Invalid(String),
 }
 
+/// Copies the part of a read-only configuration space `config` that a
+/// guest read of `data.len()` bytes at `offset` covers; whatever lies past
+/// its end (or an offset no index can hold) reads as zeros.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(src) = usize::try_from(offset)
+        .ok()
+        .and_then(|start| config.get(start..))
+    else {
+        return;
+    };
+    let n = src.len().min(data.len());
+    data[..n].copy_from_slice(&src[..n]);
+}
+
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`TYPE_*`).
     fn device_type(&self) -> u32;
