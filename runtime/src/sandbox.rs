@@ -231,10 +231,9 @@ impl VmSandbox {
 
     /// The VMM's last line on stderr: why it gave up, when it did.
     fn vmm_last_words(&self) -> String {
-        let text = std::fs::read_to_string(&self.vmm_log).unwrap_or_default();
-        match text.lines().rev().find(|l| !l.trim().is_empty()) {
-            Some(line) => format!("it said: {}", line.trim()),
-            None => "it printed nothing".to_owned(),
+        match last_lines(&self.vmm_log, 1).as_slice() {
+            [line] => format!("it said: {line}"),
+            _ => "it printed nothing".to_owned(),
         }
     }
 
@@ -257,14 +256,28 @@ impl VmSandbox {
 
     /// The last lines of the guest console, for error messages.
     pub fn console_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().rev().take(5).collect();
-        if lines.is_empty() {
+        let tail = last_lines(&self.console, 5);
+        if tail.is_empty() {
             return format!("the guest console ({}) is empty", self.console.display());
         }
-        let tail: Vec<&str> = lines.into_iter().rev().collect();
         format!("guest console ends with: {}", tail.join(" | "))
     }
+}
+
+/// The last `n` non-blank lines of the log at `path`, trimmed, oldest first;
+/// none when it cannot be read.
+fn last_lines(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines: Vec<String> = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(n)
+        .map(str::to_owned)
+        .collect();
+    lines.reverse();
+    lines
 }
 
 impl Drop for VmSandbox {
@@ -278,5 +291,20 @@ impl Drop for VmSandbox {
             let _ = self.vmm.kill();
             let _ = self.vmm.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn last_lines_skip_blank_lines_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, "one\n  two  \n\n three\n\n").unwrap();
+        assert_eq!(last_lines(&log, 2), ["two", "three"]);
+        assert_eq!(last_lines(&log, 9), ["one", "two", "three"]);
+        assert!(last_lines(&dir.path().join("missing"), 3).is_empty());
     }
 }
