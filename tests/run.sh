@@ -33,9 +33,13 @@ run_step() {
 # table entries"; seen in about one boot in 15) or stops itself; see
 # tests/emulated-host/README.md. Each failed attempt's output stays in the
 # log, marked, and is not counted; the last attempt's result is. Each
-# step's --timeout is a few times its normal length, so that an emulated
-# host that hangs is cut short and the step retried within CI's time.
+# step's --timeout (VM_STEP_TIMEOUT) is a few times its normal length, so
+# that an emulated host that hangs is cut short and the step retried; no
+# attempt starts that could run past RETRY_BUDGET seconds since the start of
+# this script, which keeps the whole suite inside CI's 90 minutes.
 VM_STEP_ATTEMPTS=5
+VM_STEP_TIMEOUT=900
+RETRY_BUDGET=${KATA_RS_TEST_RETRY_BUDGET:-4800}
 run_vm_step() {
     local name=$1; shift
     step=$((step + 1))
@@ -45,6 +49,10 @@ run_vm_step() {
         rc=0
         "$@" 2>&1 | tee "$logdir/$step.log" || rc=$?
         if [ "$rc" -eq 0 ] || [ "$attempt" -ge "$VM_STEP_ATTEMPTS" ]; then
+            break
+        fi
+        if [ $((SECONDS + VM_STEP_TIMEOUT)) -gt "$RETRY_BUDGET" ]; then
+            echo "=== $name: failed (exit $rc); no time left for another attempt (${SECONDS}s of ${RETRY_BUDGET}s spent)"
             break
         fi
         mv "$logdir/$step.log" "$logdir/$step.attempt$attempt"
@@ -130,11 +138,11 @@ for line in sys.stdin:
 vm_tests=$(test_binary vm)
 # One at a time: the emulated host has two CPUs, and each guest keeps both
 # busy while it boots.
-run_vm_step "VM tests ($mode KVM)" run_with_kvm --timeout 900 -- "$vm_tests" --ignored --test-threads=1
+run_vm_step "VM tests ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- "$vm_tests" --ignored --test-threads=1
 
 # The OCI command-line tests and the real peers again, each container in
 # its own microVM.
-run_vm_step "OCI command line, VM mode ($mode KVM)" run_with_kvm --timeout 900 -- \
+run_vm_step "OCI command line, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- \
     env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
     "$(test_binary oci_cli)" --test-threads=1 --nocapture
 
