@@ -59,6 +59,20 @@ pub fn vsock_uds(dir: &Path) -> PathBuf {
     dir.join("vsock.sock")
 }
 
+/// The VMM's stderr log of the sandbox in `dir`.
+fn vmm_log(dir: &Path) -> PathBuf {
+    dir.join("vmm.log")
+}
+
+/// The last line the VMM of the sandbox in `dir` logged: why it gave up,
+/// when it did.
+pub fn vmm_last_words(dir: &Path) -> String {
+    match last_lines(&vmm_log(dir), 1).as_slice() {
+        [line] => format!("it said: {line}"),
+        _ => "it printed nothing".to_owned(),
+    }
+}
+
 /// What to boot, beyond the configuration's defaults.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
@@ -83,7 +97,6 @@ pub struct VmSandbox {
     dir: PathBuf,
     uds: PathBuf,
     console: PathBuf,
-    vmm_log: PathBuf,
     /// Handed over to a later command: dropping this handle leaves the VMM.
     detached: bool,
 }
@@ -99,8 +112,7 @@ impl VmSandbox {
         })?;
         let uds = vsock_uds(dir);
         let console = dir.join("console.log");
-        let vmm_log_path = dir.join("vmm.log");
-        let vmm_log = File::create(&vmm_log_path).map_err(|source| SandboxError::Dir {
+        let vmm_log = File::create(vmm_log(dir)).map_err(|source| SandboxError::Dir {
             path: dir.to_owned(),
             source,
         })?;
@@ -144,7 +156,6 @@ impl VmSandbox {
             dir: dir.to_owned(),
             uds,
             console,
-            vmm_log: vmm_log_path,
             detached: false,
         })
     }
@@ -176,7 +187,7 @@ impl VmSandbox {
             if let Some(status) = self.vmm.try_wait().map_err(SandboxError::Wait)? {
                 return Err(SandboxError::VmmExited {
                     status,
-                    vmm_says: self.vmm_last_words(),
+                    vmm_says: vmm_last_words(&self.dir),
                     console: self.console_tail(),
                 });
             }
@@ -229,14 +240,6 @@ impl VmSandbox {
         }
     }
 
-    /// The VMM's last line on stderr: why it gave up, when it did.
-    fn vmm_last_words(&self) -> String {
-        match last_lines(&self.vmm_log, 1).as_slice() {
-            [line] => format!("it said: {line}"),
-            _ => "it printed nothing".to_owned(),
-        }
-    }
-
     /// What the VM side tells after a request to the agent failed: whether
     /// the VMM still runs and what it and the guest console printed last. A
     /// guest that lost its agent panics within moments, so this waits that
@@ -251,7 +254,11 @@ impl VmSandbox {
                 Err(e) => break format!("the VMM's status is unknown ({e})"),
             }
         };
-        format!("{vmm}; {}; {}", self.vmm_last_words(), self.console_tail())
+        format!(
+            "{vmm}; {}; {}",
+            vmm_last_words(&self.dir),
+            self.console_tail()
+        )
     }
 
     /// The last lines of the guest console, for error messages.

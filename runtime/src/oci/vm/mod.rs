@@ -106,8 +106,12 @@ impl Vm {
     }
 
     fn agent(&self) -> Result<AgentClient> {
-        if !self.state.vmm.alive() {
-            bail!("container {}: its VM is not running", self.state.id);
+        if let Some(why) = self.state.vmm.gone() {
+            bail!(
+                "container {}: its VM is not running (the VMM: {why}; {})",
+                self.state.id,
+                crate::sandbox::vmm_last_words(&self.dir())
+            );
         }
         monitor::agent(&self.uds())
     }

@@ -14,27 +14,48 @@ pub struct ProcRef {
     pub start_time: u64,
 }
 
-/// The start time of `pid` and whether it is a zombie.
-fn stat(pid: i32) -> Option<(u64, bool)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The start time of `pid` and whether it is a zombie; why not, when its
+/// stat file cannot be read or parsed.
+fn stat(pid: i32) -> Result<(u64, bool), String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     // The command name may hold spaces and parentheses: fields start after
     // the last ')'.
-    let rest = text.rsplit_once(')')?.1;
+    let unparsable = || format!("{path} cannot be parsed: {text:?}");
+    let rest = text.rsplit_once(')').ok_or_else(unparsable)?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let zombie = fields.first() == Some(&"Z");
     // rest starts at field 3 (state), so field 22 is index 19.
-    let start = fields.get(19)?.parse().ok()?;
-    Some((start, zombie))
+    let start = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(unparsable)?;
+    Ok((start, zombie))
 }
 
 impl ProcRef {
     pub fn of(pid: i32) -> Option<Self> {
-        stat(pid).map(|(start_time, _)| ProcRef { pid, start_time })
+        stat(pid)
+            .ok()
+            .map(|(start_time, _)| ProcRef { pid, start_time })
     }
 
     /// Still running (a zombie has ended).
     pub fn alive(&self) -> bool {
-        matches!(stat(self.pid), Some((start, false)) if start == self.start_time)
+        self.gone().is_none()
+    }
+
+    /// Why this process no longer runs, or None while it does.
+    pub fn gone(&self) -> Option<String> {
+        match stat(self.pid) {
+            Ok((start, false)) if start == self.start_time => None,
+            Ok((_, true)) => Some(format!("pid {} has exited", self.pid)),
+            Ok((start, false)) => Some(format!(
+                "pid {} now belongs to a process started at tick {start}, not {}",
+                self.pid, self.start_time
+            )),
+            Err(why) => Some(why),
+        }
     }
 
     pub fn signal(&self, signal: Signal) {
