@@ -425,3 +425,87 @@ fn concurrent_commands_on_one_container_stay_consistent() {
     rt.ok(&["delete", &id]);
     rt.assert_clean(&id, &bundle);
 }
+
+/// Receives the terminal a runtime sends to the console socket `listener`
+/// (runc's protocol: one message, the pty master as SCM_RIGHTS).
+fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (conn, _) = listener
+        .accept()
+        .expect("a connection to the console socket");
+    let mut name = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("a message on the console socket");
+    for cmsg in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+            return unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("the console socket message carried no descriptor");
+}
+
+/// containerd's shim runs `create` for a terminal with the runtime's output
+/// on a pipe that it reads to the end: nothing the container leaves running
+/// may hold that pipe, or the shim waits for the container to exit.
+#[test]
+fn create_with_a_terminal_leaves_the_callers_pipes_and_the_terminal_works() {
+    let rt = Runtime::new();
+    let id = id("tty");
+    let mut bundle = Bundle::new(&id, &["sh", "-c", "echo hello-tty; sleep 300"]);
+    bundle.config["process"]["terminal"] = json!(true);
+    bundle.save();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let terminal = std::thread::spawn(move || receive_terminal(&listener));
+    let iso = format!("--isolation={}", isolation());
+    let child = rt
+        .command(&[
+            "create",
+            &iso,
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            "--console-socket",
+            socket.to_str().unwrap(),
+            &id,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Reads stdout and stderr to their end, as the shim does.
+    let out = wait_output(child, command_timeout(), "kata-rs create with a terminal");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut master = terminal.join().unwrap();
+    rt.ok(&["start", &id]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut master, &mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("hello-tty") {
+                break;
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+    });
+    let seen = rx.recv_timeout(command_timeout()).unwrap_or_default();
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    assert!(
+        seen.contains("hello-tty\r\n"),
+        "the terminal showed {seen:?}"
+    );
+    rt.assert_clean(&id, &bundle);
+}

@@ -359,8 +359,13 @@ fn sandbox_spec(config: &Config, spec: &Value) -> SandboxSpec {
     sized
 }
 
-/// Spawns the monitor of process (`id`, `exec_id`) as a new session with
-/// the caller's stdio, and returns it with its control socket.
+/// Spawns the monitor of process (`id`, `exec_id`) as a new session, and
+/// returns it with its control socket. Without a terminal it has the
+/// caller's stdio, which become the process's; with one, the terminal goes
+/// through the console socket and the monitor keeps none of the caller's
+/// stdio: a caller that reads our output to its end (containerd's shim
+/// does, for a create with a terminal) would otherwise wait for the
+/// container to exit.
 fn spawn_monitor(
     root: &Path,
     id: &str,
@@ -380,6 +385,12 @@ fn spawn_monitor(
     }
     if let Some(c) = console_socket {
         cmd.arg("--console-socket").arg(c);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state::dir(root, id).join("monitor.log"))
+            .context("open the monitor's log")?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     }
     cmd.args(["--control-fd", "3", id]);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
