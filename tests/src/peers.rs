@@ -642,7 +642,7 @@ impl Containerd {
              disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{d}/containerd.sock\"\n\
              [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
-             [debug]\n  address = \"\"\n\
+             [debug]\n  address = \"\"\n  level = \"debug\"\n\
              [metrics]\n  address = \"\"\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n"
         );
@@ -763,6 +763,17 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What containerd and its shims said last: the failing test's
+            // only view of the shim's side.
+            let log =
+                std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- the last lines of containerd's log:\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
         self.remove_all();
         if let Some(mut daemon) = self.daemon.take() {
             let _ = killpg(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
