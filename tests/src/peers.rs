@@ -351,6 +351,23 @@ impl Drop for TtySession {
     }
 }
 
+/// Waits up to 10 s for the processes mentioning `needle` to end; fails
+/// the test naming those left.
+pub fn wait_for_processes_to_end(needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_mentioning(needle);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes mentioning {needle} still run: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Processes (other than this one) whose command line or cgroup mentions
 /// `needle`: what is left of a container or of its monitor.
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -598,11 +615,7 @@ impl Podman {
                 needles.push(id.trim().to_owned());
             }
             for needle in needles.iter().filter(|n| !n.is_empty()) {
-                wait_until(
-                    Duration::from_secs(10),
-                    &format!("the processes of {name} to end"),
-                    || processes_mentioning(needle).is_empty(),
-                );
+                wait_for_processes_to_end(needle);
             }
         }
     }
@@ -752,11 +765,7 @@ impl Containerd {
         );
         let address = self.address().to_string_lossy().into_owned();
         for needle in std::mem::take(&mut self.ids).iter().chain([&address]) {
-            wait_until(
-                Duration::from_secs(10),
-                &format!("processes mentioning {needle} to end"),
-                || processes_mentioning(needle).is_empty(),
-            );
+            wait_for_processes_to_end(needle);
         }
     }
 }
