@@ -74,6 +74,18 @@ fn wait_or_kill(child: Child, timeout: Duration) -> Option<Output> {
     }
 }
 
+/// `out` of the kata-rs command `what`, failing the test with its stderr
+/// unless it succeeded.
+fn succeeded(what: &str, out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "kata-rs {what} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A directory with a busybox root filesystem and a config.json.
 pub struct Bundle {
     pub dir: tempfile::TempDir,
@@ -231,14 +243,7 @@ impl Runtime {
 
     /// Runs `args` and fails the test unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kata-rs {args:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        succeeded(&format!("{args:?}"), self.run(args))
     }
 
     /// The arguments of `run` for `bundle` as `id`, with the isolation
@@ -276,14 +281,7 @@ impl Runtime {
 
     /// `create`, which must succeed.
     pub fn create_ok(&self, id: &str, bundle: &Bundle) -> Output {
-        let out = self.create(id, bundle);
-        assert!(
-            out.status.success(),
-            "kata-rs create {id} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        succeeded(&format!("create {id}"), self.create(id, bundle))
     }
 
     pub fn state(&self, id: &str) -> Value {
