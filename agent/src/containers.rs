@@ -524,7 +524,8 @@ impl ProcIo {
             let path = console.path.clone();
             let (pid, rx) =
                 reaper.watch(|| spawn(None, Some(path)).map(|p| (Pid::from_raw(p), p)))?;
-            let master = receive_master(&console.listener)?;
+            let master = kata_rs_engine::console::receive_queued_master(&console.listener)
+                .map_err(|e| internal("receiving the pty master", e))?;
             if let Some(conn) = self.streams.tty.take() {
                 let (stop_rx, stop_tx) = pipe()?;
                 close_stdin = Some(stop_tx);
@@ -666,49 +667,4 @@ fn dev_null() -> Result<OwnedFd> {
         .open("/dev/null")
         .map(OwnedFd::from)
         .map_err(|e| internal("opening /dev/null", e))
-}
-
-/// Takes the pty master libcontainer sent over the console socket. The
-/// engine call has returned by now, and libcontainer sends the master
-/// before the process is ready, so connection and message are queued: no
-/// waiting, and a missing one is an error rather than a hang.
-fn receive_master(listener: &UnixListener) -> Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| internal("console socket", e))?;
-    let (conn, _) = listener
-        .accept()
-        .map_err(|e| internal("no terminal came back over the console socket", e))?;
-    conn.set_nonblocking(true)
-        .map_err(|e| internal("console socket", e))?;
-    let mut buf = [0u8; 64];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| internal("receiving the pty master", e))?;
-    for cmsg in msg
-        .cmsgs()
-        .map_err(|e| internal("receiving the pty master", e))?
-    {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: SCM_RIGHTS installed this descriptor for us.
-                let master = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                for &extra in &fds[1..] {
-                    // SAFETY: likewise ours; unexpected, so closed.
-                    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(extra) });
-                }
-                return Ok(master);
-            }
-        }
-    }
-    Err(Error::Internal(
-        "the console socket message carried no pty master".into(),
-    ))
 }

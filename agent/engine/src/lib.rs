@@ -9,6 +9,7 @@
 //!
 //! - [`lock`]: one container's commands run one at a time;
 //! - [`engine`]: create (undone whole on failure), load, list;
+//! - [`console`]: receiving a pty master over a console socket;
 //! - [`copyup`]: runc's tmpcopyup mount option;
 //! - [`container`]: start, state, kill, pause, resume, delete, exec, pids,
 //!   update, stats;
@@ -18,6 +19,7 @@
 //! - `executor`: the container's program starts with default signal
 //!   dispositions and an empty signal mask, whatever its caller had.
 
+pub mod console;
 pub mod container;
 pub mod copyup;
 pub mod engine;
