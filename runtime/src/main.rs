@@ -26,6 +26,9 @@ fn main() {
         }
     };
     let global = cli.global.clone();
+    // The monitor's stderr may be the container's: its errors go to its
+    // log and to create through the control socket.
+    let monitor = matches!(cli.command, Command::VmMonitor { .. });
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -35,7 +38,9 @@ fn main() {
             if global.log.is_some() {
                 tracing::error!("{msg}");
             }
-            eprintln!("kata-rs: {msg}");
+            if !monitor {
+                eprintln!("kata-rs: {msg}");
+            }
             1
         }
     };

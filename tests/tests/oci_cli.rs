@@ -221,6 +221,47 @@ fn exec_runs_with_env_cwd_and_user() {
     rt.assert_clean(&id, &bundle);
 }
 
+/// The runtime's own messages never land in a container's stderr, which
+/// conmon and containerd keep as the container's log; not even when the
+/// container is torn down under it.
+#[test]
+fn delete_force_ends_a_running_container_and_its_stderr_stays_its_own() {
+    let rt = Runtime::new();
+    let id = id("force");
+    let bundle = Bundle::new(&id, &["sh", "-c", "echo up >&2; exec sleep 300"]);
+    let err = tempfile::tempfile().unwrap();
+    let iso = format!("--isolation={}", isolation());
+    let b = bundle.path().to_str().unwrap();
+    let create = rt
+        .command(&["create", &iso, "--bundle", b, &id])
+        .stdout(Stdio::null())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let out = wait_output(create, command_timeout(), "kata-rs create");
+    let read = || {
+        use std::io::{Read, Seek};
+        let mut f = err.try_clone().unwrap();
+        let mut text = String::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(out.status.success(), "create: {}", read());
+    rt.ok(&["start", &id]);
+    let deadline = std::time::Instant::now() + command_timeout();
+    while read().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container said nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+    assert_eq!(read(), "up\n", "the container's stderr");
+}
+
 #[test]
 fn pause_freezes_and_resume_thaws() {
     let rt = Runtime::new();

@@ -17,6 +17,7 @@ pub mod state;
 pub mod stdio;
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -360,12 +361,13 @@ fn sandbox_spec(config: &Config, spec: &Value) -> SandboxSpec {
 }
 
 /// Spawns the monitor of process (`id`, `exec_id`) as a new session, and
-/// returns it with its control socket. Without a terminal it has the
-/// caller's stdio, which become the process's; with one, the terminal goes
-/// through the console socket and the monitor keeps none of the caller's
-/// stdio: a caller that reads our output to its end (containerd's shim
-/// does, for a create with a terminal) would otherwise wait for the
-/// container to exit.
+/// returns it with its control socket. It logs to monitor.log in the
+/// container's state directory, never to its stderr, which may be the
+/// container's. Without a terminal it has the caller's stdio, which become
+/// the process's; with one, the terminal goes through the console socket
+/// and the monitor keeps none of the caller's stdio: a caller that reads
+/// our output to its end (containerd's shim does, for a create with a
+/// terminal) would otherwise wait for the container to exit.
 fn spawn_monitor(
     root: &Path,
     id: &str,
@@ -376,7 +378,11 @@ fn spawn_monitor(
     let (ours, theirs) = UnixStream::pair()?;
     let exe = std::env::current_exe().context("find the kata-rs binary")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--root").arg(root).arg("vm-monitor");
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(state::dir(root, id).join("monitor.log"))
+        .arg("vm-monitor");
     if let Some(e) = exec_id {
         cmd.args(["--exec-id", e]);
     }
@@ -385,12 +391,9 @@ fn spawn_monitor(
     }
     if let Some(c) = console_socket {
         cmd.arg("--console-socket").arg(c);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(state::dir(root, id).join("monitor.log"))
-            .context("open the monitor's log")?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
     }
     cmd.args(["--control-fd", "3", id]);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
@@ -653,6 +656,7 @@ pub fn monitor_main(
 ) -> Result<i32> {
     // SAFETY: the fd was placed by our parent for us alone.
     let control = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(control_fd) };
+    let mut report = control.try_clone().context("the control socket")?;
     let target = monitor::Target {
         uds: crate::sandbox::vsock_uds(&state::dir(root, id)),
         container_id: id.to_owned(),
@@ -660,7 +664,11 @@ pub fn monitor_main(
         tty,
         console_socket,
     };
-    monitor::serve(&target, monitor::handshake(control))
+    monitor::serve(&target, monitor::handshake(control)).inspect_err(|e| {
+        // Before "ready" this is what create reports; after it nobody reads
+        // the socket, and the error is in our log.
+        let _ = writeln!(report, "error: {e:#}");
+    })
 }
 
 /// `run --isolation=vm`: create, start, and unless detached wait for the

@@ -193,8 +193,10 @@ pub fn await_ready(control: &UnixStream, timeout: Duration) -> Result<()> {
     BufReader::new(control)
         .read_line(&mut line)
         .context("wait for the monitor")?;
-    if line.trim() != "ready" {
-        bail!("the monitor could not connect the container's stdio (see the log)");
+    match line.trim() {
+        "ready" => {}
+        "" => bail!("the monitor exited before it was ready"),
+        said => bail!("the monitor failed: {}", said.trim_start_matches("error: ")),
     }
     Ok(())
 }
