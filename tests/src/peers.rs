@@ -13,7 +13,7 @@
 use std::fmt::Debug;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -322,8 +322,18 @@ impl TtySession {
         assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
     }
 
+    /// Whether the terminal is in its usual cooked mode (echo, line
+    /// editing), as a shell expects to find it after a command.
+    pub fn is_cooked(&self) -> bool {
+        use nix::sys::termios::{tcgetattr, LocalFlags};
+        // On Linux the master reports the pair's settings.
+        let mode = tcgetattr(self.master.as_fd()).expect("tcgetattr on the pty");
+        mode.local_flags
+            .contains(LocalFlags::ECHO | LocalFlags::ICANON)
+    }
+
     /// Waits for the exit, killing the session after `timeout`.
-    pub fn wait(mut self, timeout: Duration) -> ExitStatus {
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -837,7 +847,7 @@ pub const STTY_LOOP: &str = "while read line; do stty size; done";
 /// then sends end-of-file; returns the exit code. Each size is asked for
 /// until it shows: peers pass sizes on apart from the input (and ctr only
 /// after the task started, so the first answer may be 0x0).
-pub fn tty_sizes(mut tty: TtySession) -> Option<i32> {
+pub fn tty_sizes(tty: &mut TtySession) -> Option<i32> {
     for (rows, cols) in [(24, 80), (40, 100)] {
         tty.resize(rows, cols);
         let size = format!("{rows} {cols}");

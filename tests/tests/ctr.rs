@@ -77,7 +77,7 @@ fn terminal_and_resize() {
     compare(TOOLS, |rt| {
         let mut containerd = Containerd::start(rt);
         let (_, mut cmd) = containerd.run_command(&["--rm", "--tty"], &["sh", "-c", STTY_LOOP]);
-        let code = tty_sizes(TtySession::start(&mut cmd, 24, 80));
+        let code = tty_sizes(&mut TtySession::start(&mut cmd, 24, 80));
         containerd.finish();
         assert_eq!(code, Some(0), "{}", rt.display());
         code

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kata_rs_tests::oci::*;
+use kata_rs_tests::peers::{tty_sizes, TtySession, STTY_LOOP};
 use serde_json::json;
 
 fn id(name: &str) -> String {
@@ -260,6 +261,38 @@ fn delete_force_ends_a_running_container_and_its_stderr_stays_its_own() {
     rt.ok(&["delete", "--force", &id]);
     rt.assert_clean(&id, &bundle);
     assert_eq!(read(), "up\n", "the container's stderr");
+}
+
+/// In a shell's terminal, `run` and `exec -t` without --console-socket use
+/// kata-rs's own terminal, as runc does (`kata-rs spec` makes a bundle with
+/// a terminal): input and output pass, resizes reach the container, the
+/// exit code comes back, and the terminal is left as it was found.
+#[test]
+fn run_and_exec_with_a_terminal_and_no_console_socket_use_our_own() {
+    let rt = Runtime::new();
+    let id = id("own-tty");
+    let script = format!("{STTY_LOOP}; exit 7");
+    let mut bundle = Bundle::new(&id, &["sh", "-c", &script]);
+    bundle.config["process"]["terminal"] = true.into();
+    bundle.save();
+    let mut tty = TtySession::start(&mut rt.run_command(&id, &bundle), 24, 80);
+    assert_eq!(tty_sizes(&mut tty), Some(7), "{}", tty.output());
+    assert!(tty.is_cooked(), "run left the terminal in raw mode");
+    rt.assert_clean(&id, &bundle);
+
+    let id = format!("{id}-exec");
+    let bundle = Bundle::new(&id, &["sleep", "300"]);
+    rt.create_ok(&id, &bundle);
+    rt.ok(&["start", &id]);
+    let mut exec = rt.command(&["exec", "-t", &id, "sh", "-c", &script]);
+    let mut tty = TtySession::start(&mut exec, 24, 80);
+    assert_eq!(tty_sizes(&mut tty), Some(7), "{}", tty.output());
+    assert!(tty.is_cooked(), "exec left the terminal in raw mode");
+    // Detached, nobody would read the terminal: refused, by name.
+    let detached = rt.run(&["exec", "-t", "-d", &id, "true"]);
+    assert_one_line_error(&detached, "no --console-socket");
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
 }
 
 #[test]

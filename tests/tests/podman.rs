@@ -67,7 +67,7 @@ fn terminal_and_resize() {
         cmd.args(["run", "-i", "-t"])
             .args(podman.naming(&name))
             .args([IMAGE, "sh", "-c", STTY_LOOP]);
-        let code = tty_sizes(TtySession::start(&mut cmd, 24, 80));
+        let code = tty_sizes(&mut TtySession::start(&mut cmd, 24, 80));
         podman.finish();
         assert_eq!(code, Some(0), "{}", rt.display());
         code

@@ -55,6 +55,9 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub preserve_fds: i32,
+    /// libcontainer's notion: a terminal then goes to `console_socket`
+    /// (required), otherwise a console socket is refused. The process is
+    /// the caller's child either way.
     pub detached: bool,
 }
 
@@ -224,7 +227,7 @@ impl Container {
     }
 
     /// Starts `opts.process` in the container's namespaces and cgroup and
-    /// returns its pid; unless detached, it is the caller's child.
+    /// returns its pid, a child of the caller.
     pub fn exec(&self, opts: ExecOptions) -> Result<i32> {
         self.exec_inner(opts, None)
     }

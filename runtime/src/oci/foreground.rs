@@ -28,8 +28,9 @@ pub fn exit_code(status: WaitStatus) -> Option<i32> {
     }
 }
 
-/// Reaps children until `pid` exits, forwarding every other signal to it.
-pub fn wait(pid: i32, signals: &SigSet) -> nix::Result<i32> {
+/// Reaps children until `pid` exits, forwarding every other signal to it;
+/// `resize` runs on SIGWINCH (kata-rs's own terminal changed size).
+pub fn wait(pid: i32, signals: &SigSet, resize: impl Fn()) -> nix::Result<i32> {
     let pid = Pid::from_raw(pid);
     loop {
         // A process that ended before the signals were blocked sent its
@@ -48,6 +49,9 @@ pub fn wait(pid: i32, signals: &SigSet) -> nix::Result<i32> {
             }
         }
         let signal = signals.wait()?;
+        if signal == Signal::SIGWINCH {
+            resize();
+        }
         if KEPT.contains(&signal) {
             continue;
         }

@@ -6,9 +6,12 @@
 //! - [`namespace`]: namespace mode;
 //! - [`vm`]: VM mode;
 //! - [`foreground`]: waiting for a process and forwarding signals;
+//! - [`console`]: the terminal of `run` and `exec` without a console
+//!   socket;
 //! - [`templates`]: `spec` and `features`.
 
 pub mod cli;
+pub mod console;
 pub mod foreground;
 pub mod log;
 pub mod namespace;
@@ -42,21 +45,29 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             control_fd,
             id,
         } => return vm::monitor_main(root, &id, exec_id, tty, console_socket, control_fd),
-        Command::Create(args) => match isolation(&args, config)? {
-            Isolation::Namespace => drop(namespace::create(&engine()?, &args)?),
-            Isolation::Vm => {
-                engine()?;
-                vm::create(root, config, &args)?
-            }
-        },
-        Command::Run { create, detach, .. } => {
-            return match isolation(&create, config)? {
-                Isolation::Namespace => namespace::run(&engine()?, &create, detach),
+        Command::Create(args) => {
+            let terminal = console::bundle_terminal(&args);
+            console::needed(terminal, args.console_socket.as_deref(), false)?;
+            match isolation(&args, config)? {
+                Isolation::Namespace => drop(namespace::create(&engine()?, &args)?),
                 Isolation::Vm => {
                     engine()?;
-                    vm::run(root, config, &create, detach)
+                    vm::create(root, config, &args)?
                 }
             }
+        }
+        Command::Run {
+            mut create, detach, ..
+        } => {
+            let isolation = isolation(&create, config)?;
+            let console = console::for_bundle(&mut create, !detach)?;
+            return match isolation {
+                Isolation::Namespace => namespace::run(&engine()?, &create, detach, console),
+                Isolation::Vm => {
+                    engine()?;
+                    vm::run(root, config, &create, detach, console)
+                }
+            };
         }
         Command::Start { id } if is_vm(&id) => vm::Vm::load(root, &id)?.start()?,
         Command::Start { id } => engine()?.load(&id)?.start()?,

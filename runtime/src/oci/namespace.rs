@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use kata_rs_engine::{Container, CreateOptions, Engine, ExecOptions, Process};
 
 use super::cli::{CreateArgs, ExecArgs};
+use super::console::{self, OwnConsole};
 use super::foreground;
 
 pub fn create(engine: &Engine, args: &CreateArgs) -> Result<Container> {
@@ -24,12 +25,24 @@ pub fn create(engine: &Engine, args: &CreateArgs) -> Result<Container> {
 
 /// `run`: create, start, and unless detached wait for the container and
 /// delete it, returning its exit code.
-pub fn run(engine: &Engine, args: &CreateArgs, detach: bool) -> Result<i32> {
+pub fn run(
+    engine: &Engine,
+    args: &CreateArgs,
+    detach: bool,
+    console: Option<OwnConsole>,
+) -> Result<i32> {
     let mut container = create(engine, args)?;
     if detach {
         container.start()?;
         return Ok(0);
     }
+    let terminal = match console::attach(console) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = container.delete(true);
+            return Err(e);
+        }
+    };
     let signals = foreground::block_signals().context("block signals")?;
     let started = container.start();
     let pid = container.pid();
@@ -39,7 +52,8 @@ pub fn run(engine: &Engine, args: &CreateArgs, detach: bool) -> Result<i32> {
         return Err(e.into());
     }
     let pid = pid.context("the container has no init pid")?;
-    let code = foreground::wait(pid, &signals).context("wait for the container")?;
+    let code = foreground::wait(pid, &signals, console::resizer(&terminal))
+        .context("wait for the container")?;
     if let Err(e) = engine.load(&args.id).and_then(|c| c.delete(true)) {
         tracing::error!(id = %args.id, error = %e, "delete after run");
     }
@@ -132,20 +146,33 @@ fn add_capabilities(process: &mut Process, caps: &[String]) -> Result<()> {
 pub fn exec(engine: &Engine, args: &ExecArgs) -> Result<i32> {
     let container = engine.load(&args.id)?;
     let process = exec_process(&container.spec()?, args)?;
+    let terminal = process.terminal().unwrap_or(false);
+    let console = match console::needed(terminal, args.console_socket.as_deref(), !args.detach)? {
+        true => Some(OwnConsole::bind()?),
+        false => None,
+    };
+    let console_socket = console
+        .as_ref()
+        .map(OwnConsole::path)
+        .or_else(|| args.console_socket.clone());
     let opts = ExecOptions {
         process,
         pid_file: args.pid_file.clone(),
-        console_socket: args.console_socket.clone(),
+        // libcontainer's "detached" only decides its terminal check, which
+        // wants a console socket exactly when detached: the process is our
+        // child either way, and waited for below unless --detach.
+        detached: args.detach || console_socket.is_some(),
+        console_socket,
         preserve_fds: args.preserve_fds,
-        detached: args.detach,
     };
     let pid = container.exec(opts)?;
     drop(container);
     if args.detach {
         return Ok(0);
     }
+    let terminal = console::attach(console)?;
     let signals = foreground::block_signals().context("block signals")?;
-    foreground::wait(pid, &signals).context("wait for the process")
+    foreground::wait(pid, &signals, console::resizer(&terminal)).context("wait for the process")
 }
 
 /// `ps`: the table of ps(1) for the container's processes, or their pids.

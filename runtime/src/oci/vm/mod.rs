@@ -37,6 +37,7 @@ use oci_spec::runtime::Hook;
 use serde_json::Value;
 
 use super::cli::{CreateArgs, ExecArgs};
+use super::console::{self, OwnConsole};
 use crate::config::Config;
 use crate::sandbox::{SandboxSpec, VmSandbox};
 use process::ProcRef;
@@ -425,9 +426,6 @@ pub fn create(root: &Path, config: &Config, args: &CreateArgs) -> Result<()> {
     kata_rs_engine::load_bundle_spec(id, &bundle)?;
     let spec: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
     share::refuse_guest_hooks(&spec).with_context(|| format!("container {id}"))?;
-    if terminal(&spec) && args.console_socket.is_none() {
-        bail!("container {id}: process.terminal needs --console-socket in VM mode");
-    }
     let lock = IdLock::acquire(root, id)?;
     let dir = state::dir(root, id);
     if dir.exists() {
@@ -599,6 +597,7 @@ pub fn exec(root: &Path, args: &ExecArgs, process: Value) -> Result<i32> {
     }
     let exec_id = format!("exec-{}", std::process::id());
     let tty = process["terminal"].as_bool().unwrap_or(false);
+    console::needed(tty, args.console_socket.as_deref(), !args.detach)?;
     let uds = vm.uds();
     let id = args.id.clone();
     drop(vm);
@@ -673,19 +672,32 @@ pub fn monitor_main(
 
 /// `run --isolation=vm`: create, start, and unless detached wait for the
 /// monitor's status, then delete.
-pub fn run(root: &Path, config: &Config, args: &CreateArgs, detach: bool) -> Result<i32> {
+pub fn run(
+    root: &Path,
+    config: &Config,
+    args: &CreateArgs,
+    detach: bool,
+    console: Option<OwnConsole>,
+) -> Result<i32> {
     create(root, config, args)?;
-    let started = Vm::load(root, &args.id).and_then(|mut vm| vm.start());
-    if let Err(e) = started {
-        let _ = Vm::load(root, &args.id).and_then(|vm| vm.delete(true));
-        return Err(e);
-    }
+    let started = console::attach(console).and_then(|terminal| {
+        Vm::load(root, &args.id)?.start()?;
+        Ok(terminal)
+    });
+    let terminal = match started {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = Vm::load(root, &args.id).and_then(|vm| vm.delete(true));
+            return Err(e);
+        }
+    };
     if detach {
         return Ok(0);
     }
     let monitor = VmState::load(root, &args.id)?.monitor;
     let signals = super::foreground::block_signals().context("block signals")?;
-    let code = super::foreground::wait(monitor.pid, &signals).context("wait for the container")?;
+    let code = super::foreground::wait(monitor.pid, &signals, console::resizer(&terminal))
+        .context("wait for the container")?;
     if let Err(e) = Vm::load(root, &args.id).and_then(|vm| vm.delete(true)) {
         tracing::error!(id = %args.id, error = %e, "delete after run");
     }

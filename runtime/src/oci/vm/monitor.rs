@@ -16,6 +16,7 @@ use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::stdio::{self, Streams};
+use crate::oci::console::OwnConsole;
 
 /// How long output may still arrive after the process exited.
 const DRAIN_BOUND: Duration = Duration::from_secs(10);
@@ -45,6 +46,7 @@ pub fn agent(uds: &Path) -> Result<AgentClient> {
 pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) -> Result<i32> {
     let signals = SigSet::all();
     signals.thread_block().context("block signals")?;
+    let mut own_terminal = None;
     let streams = Streams::connect(
         &target.uds,
         &target.container_id,
@@ -57,14 +59,21 @@ pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) 
             stdout,
             stderr,
         } => (stdio::relay_std(stdin, stdout, stderr), None),
-        Streams::Tty(conn) => {
-            let socket = target
-                .console_socket
-                .as_deref()
-                .context("a terminal needs --console-socket in VM mode")?;
-            let (threads, slave) = relay_pty(socket, conn)?;
-            (threads, Some(slave))
-        }
+        Streams::Tty(conn) => match target.console_socket.as_deref() {
+            Some(socket) => {
+                let (threads, slave) = relay_pty(socket, conn)?;
+                (threads, Some(slave))
+            }
+            // `exec -t` in the foreground without a console socket: the
+            // terminal is ours, and so is the size the guest's follows.
+            None => {
+                let own = OwnConsole::bind()?;
+                let (threads, _slave) = relay_pty(&own.path(), conn)?;
+                own_terminal = Some(own.attach()?);
+                let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
+                (threads, Some(stdin))
+            }
+        },
     };
     let client = agent(&target.uds)?;
     started(&client)?;
@@ -84,6 +93,7 @@ pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) 
         }
     };
     stdio::join_bounded(outputs, DRAIN_BOUND);
+    drop(own_terminal);
     Ok(status)
 }
 
@@ -140,23 +150,36 @@ pub fn send_fd(path: &Path, fd: &OwnedFd, name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Gives the process's terminal in the guest the size of `tty`.
+fn pass_size_on(client: &AgentClient, target: &Target, tty: &OwnedFd) {
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `size`.
+    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut size) } == 0 {
+        let mut req = TtyWinResizeRequest::new();
+        req.container_id = target.container_id.clone();
+        req.exec_id = target.exec_id.clone();
+        req.rows = size.ws_row.into();
+        req.columns = size.ws_col.into();
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
+        let _ = client.agent.tty_win_resize(ctx, &req);
+    }
+}
+
+/// Forwards the signals we receive to the process; SIGWINCH becomes a
+/// resize to the size of `pty`, which is also passed on at once (a
+/// terminal that already has its size sends no SIGWINCH).
 fn forward_signals(client: AgentClient, target: Target, signals: SigSet, pty: Option<OwnedFd>) {
+    if let Some(tty) = &pty {
+        pass_size_on(&client, &target, tty);
+    }
     std::thread::spawn(move || loop {
         let Ok(signal) = signals.wait() else { return };
         let ctx = ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
         match signal {
             Signal::SIGCHLD | Signal::SIGURG | Signal::SIGPIPE => {}
             Signal::SIGWINCH => {
-                let Some(slave) = &pty else { continue };
-                let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-                // SAFETY: TIOCGWINSZ writes one winsize into `size`.
-                if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut size) } == 0 {
-                    let mut req = TtyWinResizeRequest::new();
-                    req.container_id = target.container_id.clone();
-                    req.exec_id = target.exec_id.clone();
-                    req.rows = size.ws_row.into();
-                    req.columns = size.ws_col.into();
-                    let _ = client.agent.tty_win_resize(ctx, &req);
+                if let Some(tty) = &pty {
+                    pass_size_on(&client, &target, tty);
                 }
             }
             other => {
