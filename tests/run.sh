@@ -124,6 +124,13 @@ export KATA_RS_TEST_RUNTIME=$repo_root/target/debug/kata-rs
 run_step "OCI command line, namespace mode" env KATA_RS_TEST_ISOLATION=namespace \
     KATA_RS_CONFIG="$test_dir/test-namespace.toml" cargo test -p kata-rs-tests --test oci_cli --locked
 
+# The set-up's main job (docs/howto-run.md): a bundle from `kata-rs spec`
+# with busybox, run by kata-rs; counted as one test.
+demo_check='out=$("$1/tests/busybox-demo.sh" "$2") && printf "%s\n" "$out" &&
+    case $out in *"hello from busybox"*) echo "1 passed, 0 failed" ;; *) echo "0 passed, 1 failed"; exit 1 ;; esac'
+run_step "busybox demo, namespace mode" env KATA_RS_CONFIG="$test_dir/test-namespace.toml" \
+    PATH="$repo_root/target/debug:$PATH" bash -c "$demo_check" demo "$repo_root" namespace
+
 # Real peers drive kata-rs as they drive runc: each behaviour runs with
 # runc, then with kata-rs, and both must agree.
 run_step "real-peer tests (podman, ctr), namespace mode" env \
@@ -152,6 +159,10 @@ run_vm_step "VM tests ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- 
 run_vm_step "OCI command line, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- \
     env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
     "$(test_binary oci_cli)" --test-threads=1 --nocapture
+
+run_vm_step "busybox demo, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- \
+    env KATA_RS_CONFIG="$test_dir/test-vm.toml" PATH="$repo_root/target/debug:$PATH" \
+    bash -c "$demo_check" demo "$repo_root" vm
 
 # The real peers again, each container in its own microVM: one test at a
 # time, with room for containerd or podman, two guests' RAM and the tests'

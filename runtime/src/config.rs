@@ -107,7 +107,7 @@ impl Default for Runtime {
     fn default() -> Self {
         Self {
             log_level: "info".into(),
-            isolation: Isolation::Namespace,
+            isolation: Isolation::Vm,
         }
     }
 }
