@@ -336,11 +336,29 @@ impl Container {
     /// Cgroup statistics in the shape `runc events --stats` prints.
     pub fn stats(&self) -> Result<serde_json::Value> {
         let id = self.id().to_owned();
-        let stats = self.cgroup()?.stats().map_err(|e| EngineError::Engine {
-            id,
-            step: "read statistics",
-            message: crate::error::chain(&e),
-        })?;
+        let manager = self.cgroup()?;
+        let stats = match manager {
+            // Read directly: libcgroups would need pressure files.
+            AnyCgroupManager::V2(_) => {
+                let cgroup_path = self
+                    .inner
+                    .spec()
+                    .map_err(|e| EngineError::engine(&id, "read the saved config", e))?
+                    .cgroup_path;
+                let relative = cgroup_path.strip_prefix("/").unwrap_or(&cgroup_path);
+                let dir = Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(relative);
+                crate::stats::read_v2(&dir).map_err(|e| EngineError::Engine {
+                    id,
+                    step: "read statistics",
+                    message: format!("{}: {e}", dir.display()),
+                })?
+            }
+            other => other.stats().map_err(|e| EngineError::Engine {
+                id,
+                step: "read statistics",
+                message: crate::error::chain(&e),
+            })?,
+        };
         Ok(crate::stats::runc_json(&stats))
     }
 }
