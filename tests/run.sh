@@ -174,6 +174,13 @@ for peer in ctr podman; do
         --test-threads=1 --nocapture
 done
 
+# containerd's shim v2 (containerd-shim-kata-rs-v2, next to kata-rs):
+# `ctr run --runtime io.containerd.kata-rs.v2`, each task in its microVM.
+run_vm_step "containerd shim v2 ($mode KVM)" \
+    run_with_kvm --timeout "$VM_STEP_TIMEOUT" --memory-mib 4096 -- \
+    env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
+    "$(test_binary shim)" --test-threads=1 --nocapture
+
 # The tally: libtest's "test result:" lines and the self-test's own line;
 # a step that failed without a failing test (a lint, a crash) counts as one
 # failure itself. A test that could not run prints one "SKIP: reason" line

@@ -7,7 +7,8 @@
 # or no KVM), the main job runs inside the emulated KVM host, and the
 # installed configuration runs containers in namespaces by default.
 #
-# Installs to /usr/local/bin (kata-rs, kata-rs-vmm, virtiofsd),
+# Installs to /usr/local/bin (kata-rs, kata-rs-vmm, containerd-shim-kata-rs-v2,
+# virtiofsd),
 # /usr/local/share/kata-rs (vmlinux, initrd.img) and
 # /etc/kata-rs/configuration.toml (an existing file is kept).
 set -euo pipefail
@@ -24,7 +25,8 @@ build_initrd
 log "building kata-rs (release)"
 cargo build --release --locked -p kata-rs -p kata-rs-vmm
 
-install -m 0755 target/release/kata-rs target/release/kata-rs-vmm /usr/local/bin/
+install -m 0755 target/release/kata-rs target/release/kata-rs-vmm \
+    target/release/containerd-shim-kata-rs-v2 /usr/local/bin/
 install -d /usr/local/share/kata-rs /etc/kata-rs
 install -m 0644 "$KATA_RS_KERNEL_DIR/vmlinux" /usr/local/share/kata-rs/vmlinux
 install -m 0644 "$KATA_RS_INITRD" /usr/local/share/kata-rs/initrd.img

@@ -1,14 +1,16 @@
-//! kata-rs, the runtime: the OCI command line and (later) the containerd
-//! shim, on top of the microVM sandbox.
+//! kata-rs, the runtime: the OCI command line and the containerd shim, on
+//! top of the microVM sandbox.
 //!
 //! - [`config`]: the TOML configuration;
 //! - [`kvm`]: what kind of KVM the host has;
 //! - [`check`]: `kata-rs check`, what this host can run;
 //! - [`sandbox`]: a VM sandbox: the VMM process and the agent in it;
-//! - [`oci`]: the runc-compatible OCI command line.
+//! - [`oci`]: the runc-compatible OCI command line;
+//! - [`shim`]: `containerd-shim-kata-rs-v2`, one microVM per pod.
 
 pub mod check;
 pub mod config;
 pub mod kvm;
 pub mod oci;
 pub mod sandbox;
+pub mod shim;

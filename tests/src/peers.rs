@@ -638,13 +638,15 @@ impl Drop for Podman {
 }
 
 /// A containerd of one test's own (own root, state, sockets, config; no CRI
-/// plugin) with the busybox image imported, whose `ctr run` uses the
-/// default runc shim with `--runc-binary` set to one OCI runtime. Stopped,
-/// with everything it mounted or started, when dropped.
+/// plugin) with the busybox image imported, whose `ctr run` uses either
+/// the default runc shim with `--runc-binary` set to one OCI runtime, or
+/// kata-rs's shim v2. Stopped, with everything it mounted or started, when
+/// dropped.
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
-    runtime: PathBuf,
+    /// What `ctr run` gets to choose the runtime.
+    runtime_args: Vec<String>,
     ids: Vec<String>,
 }
 
@@ -652,7 +654,22 @@ pub struct Containerd {
 const CTR_NAMESPACE: &str = "kata-rs-tests";
 
 impl Containerd {
+    /// With the runc shim running `runtime`.
     pub fn start(runtime: &Path) -> Self {
+        let args = vec![
+            "--runc-binary".into(),
+            runtime.to_string_lossy().into_owned(),
+        ];
+        Self::launch(args, None)
+    }
+
+    /// With the shim `containerd-shim-kata-rs-v2` found in `shim_dir`.
+    pub fn start_with_shim(shim_dir: &Path) -> Self {
+        let args = vec!["--runtime".into(), "io.containerd.kata-rs.v2".into()];
+        Self::launch(args, Some(shim_dir))
+    }
+
+    fn launch(runtime_args: Vec<String>, shim_dir: Option<&Path>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kata-rs-containerd-")
             .tempdir()
@@ -671,7 +688,13 @@ impl Containerd {
         );
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         let log = File::create(dir.path().join("containerd.log")).unwrap();
-        let daemon = Command::new("containerd")
+        let mut daemon = Command::new("containerd");
+        if let Some(shim_dir) = shim_dir {
+            // containerd looks for a shim binary in its PATH.
+            let path = std::env::var("PATH").unwrap_or_default();
+            daemon.env("PATH", format!("{}:{path}", shim_dir.display()));
+        }
+        let daemon = daemon
             .arg("--config")
             .arg(dir.path().join("config.toml"))
             .current_dir(dir.path())
@@ -684,7 +707,7 @@ impl Containerd {
         let containerd = Self {
             dir,
             daemon: Some(daemon),
-            runtime: runtime.to_owned(),
+            runtime_args,
             ids: Vec::new(),
         };
         wait_until(TIMEOUT, "containerd to serve", || {
@@ -720,13 +743,13 @@ impl Containerd {
         id
     }
 
-    /// `ctr run --runc-binary RUNTIME OPTS IMAGE ID CMD` for a new container
-    /// (add `--rm` or `-d` to OPTS); returns it with its id.
+    /// `ctr run RUNTIME-ARGS OPTS IMAGE ID CMD` for a new container (add
+    /// `--rm` or `-d` to OPTS); returns it with its id.
     pub fn run_command(&mut self, opts: &[&str], cmd: &[&str]) -> (String, Command) {
         let id = self.id();
-        let mut command = self.ctr(&["run", "--runc-binary"]);
+        let mut command = self.ctr(&["run"]);
         command
-            .arg(&self.runtime)
+            .args(&self.runtime_args)
             .args(opts)
             .args([IMAGE, &id])
             .args(cmd);

@@ -46,16 +46,16 @@ use state::VmState;
 /// Bound for one RPC that does not wait for a process.
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the guest may take to boot to a serving agent.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const VIRTIOFSD_READY: Duration = Duration::from_secs(10);
 const MONITOR_READY: Duration = Duration::from_secs(60);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-fn ctx() -> ttrpc::context::Context {
+pub(crate) fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
 }
 
-fn rpc_error(what: &str, id: &str, e: ttrpc::Error) -> anyhow::Error {
+pub(crate) fn rpc_error(what: &str, id: &str, e: ttrpc::Error) -> anyhow::Error {
     let text = match &e {
         ttrpc::Error::RpcStatus(s) => s.message().to_owned(),
         other => other.to_string(),
@@ -63,7 +63,7 @@ fn rpc_error(what: &str, id: &str, e: ttrpc::Error) -> anyhow::Error {
     anyhow::anyhow!("container {id}: {what}: {text}")
 }
 
-fn container_req(id: &str) -> ContainerRequest {
+pub(crate) fn container_req(id: &str) -> ContainerRequest {
     let mut req = ContainerRequest::new();
     req.container_id = id.to_owned();
     req
@@ -299,7 +299,7 @@ fn teardown(st: &VmState, dir: &Path) {
     }
 }
 
-fn start_virtiofsd(config: &Config, dir: &Path) -> Result<ProcRef> {
+pub(crate) fn start_virtiofsd(config: &Config, dir: &Path) -> Result<ProcRef> {
     let socket = state::virtiofsd_socket(dir);
     let log = std::fs::File::create(dir.join("virtiofsd.log"))?;
     let program = crate::config::resolve_program(&config.virtiofsd.path).with_context(|| {
@@ -351,7 +351,7 @@ fn start_virtiofsd(config: &Config, dir: &Path) -> Result<ProcRef> {
 
 /// The VM's memory: the configured size plus the container's memory limit,
 /// so that a limit larger than the default still fits.
-fn sandbox_spec(config: &Config, spec: &Value) -> SandboxSpec {
+pub(crate) fn sandbox_spec(config: &Config, spec: &Value) -> SandboxSpec {
     let mut sized = SandboxSpec::from_config(&config.hypervisor);
     if let Some(limit) = spec["linux"]["resources"]["memory"]["limit"].as_i64() {
         if limit > 0 {

@@ -1,0 +1,661 @@
+//! One pod's microVM as the shim holds it: the VMM, virtiofsd sharing the
+//! pod's directory, the agent, and the containers and exec'd processes
+//! running in the guest. The first container boots the VM; the last one
+//! deleted takes it down.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kata_rs_protocol::agent::{
+    CreateContainerRequest, ExecProcessRequest, ProcessRequest, RemoveContainerRequest,
+    SignalProcessRequest, TtyWinResizeRequest, UpdateContainerRequest,
+};
+use kata_rs_protocol::{AgentClient, SHARED_FS_TAG};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use super::io::{self, Fifos, Relays};
+use crate::config::Config;
+use crate::oci::vm::process::ProcRef;
+use crate::oci::vm::stdio::{self, Streams};
+use crate::oci::vm::{self as vm, container_req, ctx, rpc_error, share, state};
+use crate::sandbox::{vsock_uds, VmSandbox};
+
+/// How long output may still arrive after a process exited.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
+/// What a process that could not be waited for (its VM is gone) reports:
+/// killed, as by SIGKILL.
+const LOST_STATUS: u32 = 128 + 9;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Exited {
+    pub status: u32,
+    pub at: SystemTime,
+    pub oom_killed: bool,
+}
+
+/// Where a process's exit is waited for by any number of callers.
+#[derive(Default)]
+pub struct ExitCell {
+    exited: Mutex<Option<Exited>>,
+    cond: Condvar,
+}
+
+impl ExitCell {
+    fn set(&self, exited: Exited) {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(exited);
+        self.cond.notify_all();
+    }
+
+    pub fn get(&self) -> Option<Exited> {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn wait(&self) -> Exited {
+        let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = *exited {
+                return e;
+            }
+            exited = self.cond.wait(exited).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A container's init or an exec'd process.
+pub struct Process {
+    pub fifos: Fifos,
+    /// The OCI process of an exec, until it starts.
+    exec_spec: Option<Value>,
+    relays: Option<Relays>,
+    pub exit: Arc<ExitCell>,
+    pub started: bool,
+}
+
+impl Process {
+    fn new(fifos: Fifos, exec_spec: Option<Value>) -> Self {
+        Self {
+            fifos,
+            exec_spec,
+            relays: None,
+            exit: Arc::default(),
+            started: false,
+        }
+    }
+
+    pub fn status(&self, paused: bool) -> &'static str {
+        match (self.exit.get(), self.started, paused) {
+            (Some(_), _, _) => "stopped",
+            (None, false, _) => "created",
+            (None, true, true) => "paused",
+            (None, true, false) => "running",
+        }
+    }
+}
+
+pub struct Container {
+    pub bundle: PathBuf,
+    /// Where containerd's rootfs mounts were mounted by us.
+    rootfs_mount: Option<PathBuf>,
+    pub init: Process,
+    pub execs: HashMap<String, Process>,
+    pub paused: bool,
+}
+
+impl Container {
+    pub fn process(&self, exec_id: &str) -> Result<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| anyhow!("process {exec_id} does not exist"))
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| anyhow!("process {exec_id} does not exist"))
+    }
+}
+
+/// The running VM of a pod.
+struct Vm {
+    sandbox: VmSandbox,
+    virtiofsd: ProcRef,
+    client: AgentClient,
+}
+
+pub struct Pod {
+    dir: PathBuf,
+    config: Config,
+    vm: Option<Vm>,
+    pub containers: HashMap<String, Container>,
+}
+
+impl Pod {
+    pub fn new(dir: PathBuf, config: Config) -> Self {
+        Self {
+            dir,
+            config,
+            vm: None,
+            containers: HashMap::new(),
+        }
+    }
+
+    /// The VMM's pid: what containerd is told as the task's pid, since the
+    /// container's own processes live in the guest.
+    pub fn vmm_pid(&self) -> u32 {
+        self.vm.as_ref().map(|v| v.sandbox.vmm_pid()).unwrap_or(0)
+    }
+
+    pub fn container(&self, id: &str) -> Result<&Container> {
+        self.containers
+            .get(id)
+            .ok_or_else(|| anyhow!("container {id} does not exist"))
+    }
+
+    fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| anyhow!("container {id} does not exist"))
+    }
+
+    fn client(&self) -> Result<&AgentClient> {
+        self.vm
+            .as_ref()
+            .map(|v| &v.client)
+            .ok_or_else(|| anyhow!("the pod's VM is not running"))
+    }
+
+    /// Boots the pod's VM, sized for `spec`, with the pod directory shared.
+    fn boot(&mut self, spec: &Value) -> Result<()> {
+        let share = state::share_dir(&self.dir);
+        std::fs::create_dir_all(&share).with_context(|| format!("create {}", share.display()))?;
+        let virtiofsd = vm::start_virtiofsd(&self.config, &self.dir)?;
+        let mut sized = vm::sandbox_spec(&self.config, spec);
+        sized
+            .fs
+            .push((SHARED_FS_TAG.to_owned(), state::virtiofsd_socket(&self.dir)));
+        let booted = VmSandbox::start(&self.config.hypervisor, &sized, &self.dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut sandbox| {
+                let client = sandbox.wait_for_agent(vm::BOOT_TIMEOUT)?;
+                Ok((sandbox, client))
+            });
+        match booted {
+            Ok((sandbox, client)) => {
+                let pids = HostPids {
+                    vmm: ProcRef::of(sandbox.vmm_pid() as i32),
+                    virtiofsd: Some(virtiofsd),
+                };
+                if let Err(e) = pids.save(&self.dir) {
+                    tracing::warn!(error = %e, "record the pod's host processes");
+                }
+                self.vm = Some(Vm {
+                    sandbox,
+                    virtiofsd,
+                    client,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                virtiofsd.signal(Signal::SIGTERM);
+                virtiofsd.stop(Duration::from_secs(5));
+                Err(e.context("boot the pod's VM"))
+            }
+        }
+    }
+
+    /// Creates container `id` from `bundle`: mounts containerd's rootfs
+    /// mounts, boots the VM if this is the pod's first container, shares
+    /// the bundle, connects the stdio and has the agent create it.
+    pub fn create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        rootfs: &[RootfsMount],
+        fifos: Fifos,
+    ) -> Result<()> {
+        kata_rs_engine::validate_id(id)?;
+        if self.containers.contains_key(id) {
+            bail!("container {id} already exists");
+        }
+        let spec: Value = serde_json::from_slice(
+            &std::fs::read(bundle.join("config.json"))
+                .with_context(|| format!("read {}/config.json", bundle.display()))?,
+        )
+        .with_context(|| format!("{}/config.json is not valid JSON", bundle.display()))?;
+        share::refuse_guest_hooks(&spec).with_context(|| format!("container {id}"))?;
+        let isolation = match spec["annotations"][crate::oci::ISOLATION_ANNOTATION].as_str() {
+            Some(value) => value.parse().map_err(|e: String| {
+                anyhow!("annotation {}: {e}", crate::oci::ISOLATION_ANNOTATION)
+            })?,
+            None => self.config.runtime.isolation,
+        };
+        if isolation != crate::config::Isolation::Vm {
+            bail!(
+                "container {id}: the shim runs containers in microVMs only so far; \
+                 namespace isolation goes through `ctr run --runc-binary kata-rs`"
+            );
+        }
+        let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
+        let made = self.create_in(id, bundle, &spec, fifos);
+        match made {
+            Ok(init) => {
+                self.containers.insert(
+                    id.to_owned(),
+                    Container {
+                        bundle: bundle.to_owned(),
+                        rootfs_mount,
+                        init,
+                        execs: HashMap::new(),
+                        paused: false,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let _ = share::teardown(&state::share_dir(&self.dir), id);
+                if let Some(target) = &rootfs_mount {
+                    unmount(target);
+                }
+                if self.containers.is_empty() {
+                    self.shut_down();
+                }
+                Err(e.context(format!("container {id}: create")))
+            }
+        }
+    }
+
+    fn create_in(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        spec: &Value,
+        fifos: Fifos,
+    ) -> Result<Process> {
+        if self.vm.is_none() {
+            self.boot(spec)?;
+        }
+        let guest_spec = share::prepare(id, bundle, spec, &state::share_dir(&self.dir))?;
+        let streams = Streams::connect(&vsock_uds(&self.dir), id, "", fifos.terminal)?;
+        let relays = io::relay(streams, &fifos)?;
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.spec_json = serde_json::to_vec(&guest_spec)?;
+        if let Err(e) = self.client()?.agent.create_container(ctx(), &req) {
+            let why = self
+                .vm
+                .as_mut()
+                .map(|v| v.sandbox.post_mortem())
+                .unwrap_or_default();
+            bail!("{:#}; {why}", rpc_error("create in the guest", id, e));
+        }
+        let mut init = Process::new(fifos, None);
+        init.relays = Some(relays);
+        Ok(init)
+    }
+
+    /// Registers exec `exec_id` in container `id`; it starts with
+    /// [`Pod::start`].
+    pub fn add_exec(
+        &mut self,
+        id: &str,
+        exec_id: &str,
+        process: Value,
+        fifos: Fifos,
+    ) -> Result<()> {
+        let c = self.container_mut(id)?;
+        if c.init.status(c.paused) != "running" {
+            bail!("container {id} is not running: cannot exec in it");
+        }
+        if c.execs.contains_key(exec_id) {
+            bail!("process {exec_id} already exists in container {id}");
+        }
+        c.execs
+            .insert(exec_id.to_owned(), Process::new(fifos, Some(process)));
+        Ok(())
+    }
+
+    /// Starts the container's init or an exec, and a thread that waits for
+    /// it, drains its output and then calls `on_exit`.
+    pub fn start(
+        &mut self,
+        id: &str,
+        exec_id: &str,
+        on_exit: impl FnOnce(Exited) + Send + 'static,
+    ) -> Result<()> {
+        let client = self.client()?.clone();
+        let uds = vsock_uds(&self.dir);
+        let c = self.container_mut(id)?;
+        let p = c.process_mut(exec_id)?;
+        if p.started {
+            bail!(
+                "process {} of container {id} was already started",
+                name(exec_id)
+            );
+        }
+        if exec_id.is_empty() {
+            client
+                .agent
+                .start_container(ctx(), &container_req(id))
+                .map_err(|e| rpc_error("start", id, e))?;
+        } else {
+            let streams = Streams::connect(&uds, id, exec_id, p.fifos.terminal)?;
+            p.relays = Some(io::relay(streams, &p.fifos)?);
+            let mut req = ExecProcessRequest::new();
+            req.container_id = id.to_owned();
+            req.exec_id = exec_id.to_owned();
+            req.process_json = serde_json::to_vec(&p.exec_spec.take().unwrap_or_default())?;
+            if let Err(e) = client.agent.exec_process(ctx(), &req) {
+                if let Some(r) = p.relays.take() {
+                    r.close_stdin();
+                }
+                return Err(rpc_error("exec", id, e));
+            }
+        }
+        p.started = true;
+        let outputs = p
+            .relays
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.outputs))
+            .unwrap_or_default();
+        let exit = Arc::clone(&p.exit);
+        let mut req = ProcessRequest::new();
+        req.container_id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        let who = format!("{id}/{}", name(exec_id));
+        std::thread::spawn(move || {
+            let exited = match client
+                .agent
+                .wait_process(ttrpc::context::Context::default(), &req)
+            {
+                Ok(resp) => Exited {
+                    status: resp.exit_status as u32,
+                    at: SystemTime::now(),
+                    oom_killed: resp.oom_killed,
+                },
+                Err(e) => {
+                    tracing::warn!(process = %who, error = %e, "the process could not be waited for");
+                    Exited {
+                        status: LOST_STATUS,
+                        at: SystemTime::now(),
+                        oom_killed: false,
+                    }
+                }
+            };
+            stdio::join_bounded(outputs, DRAIN_BOUND);
+            exit.set(exited);
+            on_exit(exited);
+        });
+        Ok(())
+    }
+
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let p = self.container(id)?.process(exec_id)?;
+        if p.exit.get().is_some() {
+            bail!(
+                "process {} of container {id} is stopped: cannot signal it: container not running",
+                name(exec_id)
+            );
+        }
+        let mut req = SignalProcessRequest::new();
+        req.container_id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.signal = signal;
+        req.all = all;
+        self.client()?
+            .agent
+            .signal_process(ctx(), &req)
+            .map_err(|e| rpc_error("kill", id, e))?;
+        Ok(())
+    }
+
+    pub fn set_paused(&mut self, id: &str, paused: bool) -> Result<()> {
+        let req = container_req(id);
+        let client = self.client()?;
+        let done = if paused {
+            client.agent.pause_container(ctx(), &req)
+        } else {
+            client.agent.resume_container(ctx(), &req)
+        };
+        done.map_err(|e| rpc_error(if paused { "pause" } else { "resume" }, id, e))?;
+        self.container_mut(id)?.paused = paused;
+        Ok(())
+    }
+
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        self.container(id)?;
+        let resp = self
+            .client()?
+            .agent
+            .list_processes(ctx(), &container_req(id))
+            .map_err(|e| rpc_error("pids", id, e))?;
+        Ok(resp.pids)
+    }
+
+    pub fn update(&self, id: &str, resources: &Value) -> Result<()> {
+        self.container(id)?;
+        let mut req = UpdateContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.resources_json = serde_json::to_vec(resources)?;
+        self.client()?
+            .agent
+            .update_container(ctx(), &req)
+            .map_err(|e| rpc_error("update", id, e))?;
+        Ok(())
+    }
+
+    pub fn stats(&self, id: &str) -> Result<Value> {
+        self.container(id)?;
+        let resp = self
+            .client()?
+            .agent
+            .stats_container(ctx(), &container_req(id))
+            .map_err(|e| rpc_error("stats", id, e))?;
+        Ok(serde_json::from_slice(&resp.stats_json)?)
+    }
+
+    pub fn resize(&self, id: &str, exec_id: &str, columns: u32, rows: u32) -> Result<()> {
+        self.container(id)?.process(exec_id)?;
+        let mut req = TtyWinResizeRequest::new();
+        req.container_id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.rows = rows;
+        req.columns = columns;
+        self.client()?
+            .agent
+            .tty_win_resize(ctx(), &req)
+            .map_err(|e| rpc_error("resize", id, e))?;
+        Ok(())
+    }
+
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        if let Some(r) = &self.container(id)?.process(exec_id)?.relays {
+            r.close_stdin();
+        }
+        Ok(())
+    }
+
+    /// Deletes an exec (returning how it ended) or a whole container; the
+    /// last container takes the VM down.
+    pub fn delete(&mut self, id: &str, exec_id: &str) -> Result<Option<Exited>> {
+        let c = self.container_mut(id)?;
+        if !exec_id.is_empty() {
+            let p = c
+                .execs
+                .remove(exec_id)
+                .ok_or_else(|| anyhow!("process {exec_id} does not exist"))?;
+            return Ok(p.exit.get());
+        }
+        let status = c.init.status(c.paused);
+        if status != "stopped" && status != "created" {
+            bail!("container {id} is {status}: cannot delete it");
+        }
+        let exited = c.init.exit.get();
+        if let Ok(client) = self.client() {
+            let mut req = RemoveContainerRequest::new();
+            req.container_id = id.to_owned();
+            req.force = true;
+            if let Err(e) = client.agent.remove_container(ctx(), &req) {
+                tracing::warn!(id, error = %e, "remove the container in the guest");
+            }
+        }
+        if let Some(c) = self.containers.remove(id) {
+            if let Some(r) = &c.init.relays {
+                r.close_stdin();
+            }
+            if let Err(e) = share::teardown(&state::share_dir(&self.dir), id) {
+                tracing::warn!(id, error = %e, "unmount the container's share");
+            }
+            if let Some(target) = &c.rootfs_mount {
+                unmount(target);
+            }
+        }
+        if self.containers.is_empty() {
+            self.shut_down();
+        }
+        Ok(exited)
+    }
+
+    /// Takes the VM, virtiofsd and the pod directory down.
+    pub fn shut_down(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            if let Err(e) = vm.sandbox.destroy(&vm.client) {
+                tracing::warn!(error = %e, "stop the pod's VM");
+            }
+            vm.virtiofsd.signal(Signal::SIGTERM);
+            vm.virtiofsd.stop(Duration::from_secs(5));
+        }
+        let share = state::share_dir(&self.dir);
+        for id in self.containers.keys() {
+            let _ = share::teardown(&share, id);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "remove the pod directory");
+            }
+        }
+    }
+}
+
+/// The pod's host processes, recorded in its directory so that `delete`
+/// can end them after the shim itself was killed.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct HostPids {
+    vmm: Option<ProcRef>,
+    virtiofsd: Option<ProcRef>,
+}
+
+impl HostPids {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("host-pids.json")
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::write(Self::path(dir), serde_json::to_vec(self)?)?;
+        Ok(())
+    }
+}
+
+/// What a shim that died left of pod `dir`: its VMM and virtiofsd are
+/// stopped, every share and the directory removed. For containerd's
+/// `shim delete`.
+pub fn clean_up_after(dir: &Path) {
+    if let Ok(text) = std::fs::read(HostPids::path(dir)) {
+        if let Ok(pids) = serde_json::from_slice::<HostPids>(&text) {
+            for p in [pids.vmm, pids.virtiofsd].into_iter().flatten() {
+                p.signal(Signal::SIGKILL);
+                p.stop(Duration::from_secs(5));
+            }
+        }
+    }
+    let share = state::share_dir(dir);
+    if let Ok(entries) = std::fs::read_dir(&share) {
+        for e in entries.flatten() {
+            if let Some(id) = e.file_name().to_str() {
+                let _ = share::teardown(&share, id);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn name(exec_id: &str) -> &str {
+    if exec_id.is_empty() {
+        "init"
+    } else {
+        exec_id
+    }
+}
+
+/// One of containerd's rootfs mounts.
+#[derive(Debug, Clone)]
+pub struct RootfsMount {
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Mounts containerd's rootfs mounts (an overlay of the image's layers,
+/// usually) on the bundle's root path, as containerd's runc shim does.
+fn mount_rootfs(bundle: &Path, spec: &Value, mounts: &[RootfsMount]) -> Result<Option<PathBuf>> {
+    if mounts.is_empty() {
+        return Ok(None);
+    }
+    let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
+    let target = bundle.join(root);
+    std::fs::create_dir_all(&target).with_context(|| format!("create {}", target.display()))?;
+    for m in mounts {
+        mount_one(m, &target)
+            .with_context(|| format!("mount the rootfs ({} {})", m.kind, m.source))?;
+    }
+    Ok(Some(target))
+}
+
+/// One mount in containerd's terms: flag options become mount flags, the
+/// others the filesystem's data. (containerd_shim's own helper forks and
+/// waits through its reaper, which this shim does not run.)
+fn mount_one(m: &RootfsMount, target: &Path) -> Result<()> {
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in &m.options {
+        match option.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => flags &= !MsFlags::MS_RDONLY,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            other => data.push(other),
+        }
+    }
+    if m.kind == "bind" {
+        flags |= MsFlags::MS_BIND;
+    }
+    let data = data.join(",");
+    nix::mount::mount(
+        Some(m.source.as_str()),
+        target,
+        Some(m.kind.as_str()),
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )?;
+    Ok(())
+}
+
+fn unmount(target: &Path) {
+    if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::warn!(target = %target.display(), error = %e, "unmount the rootfs");
+    }
+}
