@@ -747,13 +747,20 @@ impl Containerd {
     /// `--rm` or `-d` to OPTS); returns it with its id.
     pub fn run_command(&mut self, opts: &[&str], cmd: &[&str]) -> (String, Command) {
         let id = self.id();
+        let command = self.run_command_as(&id, opts, cmd);
+        (id, command)
+    }
+
+    /// `ctr run` as [`Containerd::run_command`], for an id from
+    /// [`Containerd::id`].
+    pub fn run_command_as(&self, id: &str, opts: &[&str], cmd: &[&str]) -> Command {
         let mut command = self.ctr(&["run"]);
         command
             .args(&self.runtime_args)
             .args(opts)
-            .args([IMAGE, &id])
+            .args([IMAGE, id])
             .args(cmd);
-        (id, command)
+        command
     }
 
     /// The task's status as `ctr task ls` shows it (RUNNING, PAUSED, ...).

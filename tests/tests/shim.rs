@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kata_rs_tests::oci::{isolation, runtime_binary};
+use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary};
 use kata_rs_tests::peers::{
     run, run_ok, tty_sizes, wait_until, Containerd, Spawned, TtySession, STTY_LOOP, TIMEOUT,
     TRAP_TERM,
@@ -149,4 +149,122 @@ fn a_failed_create_leaves_nothing() {
         "the error does not name the program: {out:?}"
     );
     assert!(!pod_dir(&id).exists(), "the pod directory is left");
+}
+
+/// `ctr run` options that put a container into pod `pod`, as containerd's
+/// CRI plugin annotates it.
+fn in_pod(pod: &str) -> String {
+    format!("--annotation=io.kubernetes.cri.sandbox-id={pod}")
+}
+
+/// The guest's boot id as a container of `id` reads it.
+fn boot_id(containerd: &Containerd, id: &str) -> String {
+    run_ok(&mut containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "boot-id",
+        id,
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]))
+}
+
+/// The host processes of pod `pod`: its VMM and virtiofsd name its
+/// directory.
+fn pod_processes(pod: &str) -> Vec<String> {
+    processes_mentioning(&format!("{}/", pod_dir(pod).display()))
+}
+
+/// The VMM processes of pod `pod`.
+fn pod_vmms(pod: &str) -> Vec<String> {
+    pod_processes(pod)
+        .into_iter()
+        .filter(|p| p.contains("kata-rs-vmm"))
+        .collect()
+}
+
+/// Two running containers (`sleep`) of one pod: the sandbox container,
+/// which names its own pod as CRI's does, and a second one.
+fn pod_of_two(containerd: &mut Containerd) -> (String, String) {
+    let pod = containerd.id();
+    run_ok(&mut containerd.run_command_as(&pod, &["-d", &in_pod(&pod)], &["sleep", "1000"]));
+    let (second, mut cmd) = containerd.run_command(&["-d", &in_pod(&pod)], &["sleep", "1000"]);
+    run_ok(&mut cmd);
+    (pod, second)
+}
+
+#[test]
+fn containers_of_one_pod_share_one_vm() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    let (pod, second) = pod_of_two(&mut containerd);
+    let ids = (boot_id(&containerd, &pod), boot_id(&containerd, &second));
+    let vmms = pod_vmms(&pod).len();
+    let listed = run_ok(&mut containerd.ctr(&["task", "ls"]));
+    containerd.finish();
+    assert_eq!(ids.0, ids.1, "the two containers run in different guests");
+    assert_eq!(vmms, 1, "one VMM for the pod");
+    assert!(listed.contains(&second), "ctr task ls: {listed}");
+    assert!(!pod_dir(&pod).exists(), "the pod directory is left");
+    assert_eq!(pod_processes(&pod), Vec::<String>::new());
+}
+
+#[test]
+fn a_killed_vmm_ends_every_container_of_its_pod() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    let (pod, second) = pod_of_two(&mut containerd);
+    let vmm: Vec<i32> = pod_vmms(&pod)
+        .iter()
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        vmm.len(),
+        1,
+        "one VMM for the pod: {:?}",
+        pod_processes(&pod)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(TIMEOUT, "both tasks to stop", || {
+        containerd.task_status(&pod) == "STOPPED" && containerd.task_status(&second) == "STOPPED"
+    });
+    containerd.finish();
+    assert!(!pod_dir(&pod).exists(), "the pod directory is left");
+    assert_eq!(
+        pod_processes(&pod),
+        Vec::<String>::new(),
+        "virtiofsd or the VMM left"
+    );
+}
+
+#[test]
+fn the_configuration_comes_from_the_runtime_options() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    // This build's configuration with two vCPUs instead of one.
+    let base =
+        std::env::var("KATA_RS_CONFIG").expect("KATA_RS_CONFIG names this build's configuration");
+    let text = std::fs::read_to_string(&base).unwrap();
+    assert!(!text.contains("vcpus"), "{base} sets vcpus already");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("two-vcpus.toml");
+    std::fs::write(
+        &config,
+        text.replace("[hypervisor]\n", "[hypervisor]\nvcpus = 2\n"),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let (_, mut cmd) =
+        containerd.run_command(&["--rm", "--runtime-config-path", &config], &["nproc"]);
+    let out = run(&mut cmd, None);
+    containerd.finish();
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "2\n"), "{out:?}");
 }

@@ -5,10 +5,12 @@
 //!
 //! - [`pod`]: the VM, its share and the containers and processes in it;
 //! - [`io`]: containerd's stdio FIFOs relayed to the agent's streams;
+//! - [`options`]: the configuration file named by containerd's options;
 //! - [`service`]: the task API over a pod, and its events;
 //! - [`stats`]: the agent's statistics as containerd's cgroup metrics.
 
 pub mod io;
+pub mod options;
 pub mod pod;
 pub mod service;
 pub mod stats;
@@ -115,6 +117,8 @@ impl containerd_shim::Shim for Shim {
         let bundle = std::env::current_dir().unwrap_or_default();
         let rootfs = bundle.join("rootfs");
         let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        // Only the pod's sandbox container (whose id the pod carries, as
+        // CRI names them) takes the pod's leftovers with it.
         let pod = pod_id(&bundle, &self.id);
         if pod == self.id {
             pod::clean_up_after(&pod_dir(&pod));
@@ -138,7 +142,9 @@ impl containerd_shim::Shim for Shim {
                 Config::default()
             }
         };
-        let pod = Pod::new(pod_dir(&self.id), config);
+        // The serving shim runs in its first container's bundle directory,
+        // whose annotations name the pod.
+        let pod = Pod::new(pod_dir(&pod_id(Path::new("."), &self.id)), config);
         Service::new(pod, publisher, &self.namespace, Arc::clone(&self.exit))
     }
 }

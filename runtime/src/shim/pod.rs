@@ -150,6 +150,15 @@ impl Pod {
         }
     }
 
+    /// Uses the configuration file at `path` for the pod, unless its VM
+    /// already runs (with the configuration of its first container).
+    pub fn use_config(&mut self, path: &Path) -> Result<()> {
+        if self.vm.is_none() {
+            self.config = Config::load(Some(path))?.0;
+        }
+        Ok(())
+    }
+
     /// The VMM's pid: what containerd is told as the task's pid, since the
     /// container's own processes live in the guest.
     pub fn vmm_pid(&self) -> u32 {
@@ -181,6 +190,7 @@ impl Pod {
         std::fs::create_dir_all(&share).with_context(|| format!("create {}", share.display()))?;
         let virtiofsd = vm::start_virtiofsd(&self.config, &self.dir)?;
         let mut sized = vm::sandbox_spec(&self.config, spec);
+        add_pod_resources(&mut sized, spec);
         sized
             .fs
             .push((SHARED_FS_TAG.to_owned(), state::virtiofsd_socket(&self.dir)));
@@ -326,7 +336,7 @@ impl Pod {
     }
 
     /// Starts the container's init or an exec, and a thread that waits for
-    /// it, drains its output and then calls `on_exit`.
+    /// it, drains its output, calls `on_exit` and then records the exit.
     pub fn start(
         &mut self,
         id: &str,
@@ -393,8 +403,10 @@ impl Pod {
                 }
             };
             stdio::join_bounded(outputs, DRAIN_BOUND);
-            exit.set(exited);
+            // The exit event goes out before Wait returns, so a Delete that
+            // follows Wait cannot publish its event first.
             on_exit(exited);
+            exit.set(exited);
         });
         Ok(())
     }
@@ -547,6 +559,28 @@ impl Pod {
     }
 }
 
+/// The pod's resources, as CRI annotates its sandbox container, on top of
+/// the configured VM size: the pod's memory, and as many more vCPUs as its
+/// CPU quota spans whole periods (rounded up).
+fn add_pod_resources(sized: &mut crate::sandbox::SandboxSpec, spec: &Value) {
+    let annotation = |key: &str| -> Option<u64> {
+        spec["annotations"][key]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+    };
+    if let Some(bytes) = annotation("io.kubernetes.cri.sandbox-memory") {
+        sized.memory_mib += bytes.div_ceil(1 << 20);
+    }
+    let quota = annotation("io.kubernetes.cri.sandbox-cpu-quota");
+    let period = annotation("io.kubernetes.cri.sandbox-cpu-period");
+    if let (Some(quota), Some(period)) = (quota, period) {
+        if quota > 0 && period > 0 {
+            let extra = u8::try_from(quota.div_ceil(period)).unwrap_or(u8::MAX);
+            sized.vcpus = sized.vcpus.saturating_add(extra);
+        }
+    }
+}
+
 /// The pod's host processes, recorded in its directory so that `delete`
 /// can end them after the shim itself was killed.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -657,5 +691,39 @@ fn mount_one(m: &RootfsMount, target: &Path) -> Result<()> {
 fn unmount(target: &Path) {
     if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
         tracing::warn!(target = %target.display(), error = %e, "unmount the rootfs");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::SandboxSpec;
+    use serde_json::json;
+
+    #[test]
+    fn the_pod_annotations_add_to_the_configured_size() {
+        let base = SandboxSpec {
+            vcpus: 1,
+            memory_mib: 256,
+            fs: Vec::new(),
+        };
+        let mut sized = base.clone();
+        add_pod_resources(
+            &mut sized,
+            &json!({"annotations": {
+                "io.kubernetes.cri.sandbox-memory": "134217728",
+                "io.kubernetes.cri.sandbox-cpu-quota": "150000",
+                "io.kubernetes.cri.sandbox-cpu-period": "100000",
+            }}),
+        );
+        assert_eq!((sized.vcpus, sized.memory_mib), (3, 384));
+        // No quota ("-1" or absent) and no memory: the configured size.
+        let mut plain = base.clone();
+        add_pod_resources(
+            &mut plain,
+            &json!({"annotations": {"io.kubernetes.cri.sandbox-cpu-quota": "-1",
+                                    "io.kubernetes.cri.sandbox-cpu-period": "100000"}}),
+        );
+        assert_eq!((plain.vcpus, plain.memory_mib), (1, 256));
     }
 }

@@ -2,7 +2,7 @@
 //! a [`Pod`]: each request becomes agent calls, and the task events are
 //! published to containerd in the order it requires.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -126,7 +126,11 @@ impl Task for Service {
                 options: m.options.clone(),
             })
             .collect();
+        let config = super::options::config_path(req.options.as_ref()).map_err(to_ttrpc)?;
         let mut pod = self.pod();
+        if let Some(path) = config {
+            pod.use_config(Path::new(&path)).map_err(to_ttrpc)?;
+        }
         pod.create(&req.id, &PathBuf::from(&req.bundle), &rootfs, fifos)
             .map_err(to_ttrpc)?;
         let pid = pod.vmm_pid();
@@ -161,7 +165,11 @@ impl Task for Service {
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         let mut pod = self.pod();
         let pid = pod.vmm_pid();
+        // containerd wants the start event before the exit event, even of a
+        // process that ends at once: the exit waits until start is out.
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
         let on_exit = move |exited: Exited| {
+            let _ = started.recv();
             if exited.oom_killed {
                 events.publish(
                     topics::TASK_OOM_EVENT_TOPIC,
@@ -206,6 +214,7 @@ impl Task for Service {
                 }),
             );
         }
+        drop(started_tx);
         Ok(StartResponse {
             pid,
             ..Default::default()
