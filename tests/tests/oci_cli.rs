@@ -468,6 +468,17 @@ fn spec_and_features_print_what_callers_parse() {
     assert_eq!(features["linux"]["seccomp"]["enabled"], true);
     let dir = tempfile::tempdir().unwrap();
     rt.ok(&["spec", "--bundle", dir.path().to_str().unwrap()]);
+    // runc's template: sh on a terminal, the rootfs at rootfs/.
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            &spec["process"]["terminal"],
+            &spec["process"]["args"],
+            &spec["root"]["path"]
+        ),
+        (&json!(true), &json!(["sh"]), &json!("rootfs"))
+    );
     let again = rt.run(&["spec", "--bundle", dir.path().to_str().unwrap()]);
     assert_one_line_error(&again, "already exists");
 }

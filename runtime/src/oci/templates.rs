@@ -22,7 +22,10 @@ pub fn write_spec(bundle: &Path, rootless: bool) -> Result<()> {
     } else {
         Spec::default()
     };
-    let text = serde_json::to_string_pretty(&spec)?;
+    // As runc's template: an interactive shell on a terminal.
+    let mut value = serde_json::to_value(&spec)?;
+    value["process"]["terminal"] = true.into();
+    let text = serde_json::to_string_pretty(&value)?;
     std::fs::write(&path, text + "\n").with_context(|| format!("write {}", path.display()))
 }
 
