@@ -33,20 +33,29 @@ pub fn needed(terminal: bool, console_socket: Option<&Path>, foreground: bool) -
     }
 }
 
+/// kata-rs's own console socket where [`needed`] says so.
+pub fn own_if_needed(
+    terminal: bool,
+    console_socket: Option<&Path>,
+    foreground: bool,
+) -> Result<Option<OwnConsole>> {
+    if needed(terminal, console_socket, foreground)? {
+        Ok(Some(OwnConsole::bind()?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// For `create` and `run` of a bundle: kata-rs's own console socket, set
 /// as the command's, when the process has a terminal and the caller gave
 /// none.
 pub fn for_bundle(args: &mut CreateArgs, foreground: bool) -> Result<Option<OwnConsole>> {
-    if !needed(
-        bundle_terminal(args),
-        args.console_socket.as_deref(),
-        foreground,
-    )? {
-        return Ok(None);
+    let terminal = bundle_terminal(args);
+    let own = own_if_needed(terminal, args.console_socket.as_deref(), foreground)?;
+    if let Some(own) = &own {
+        args.console_socket = Some(own.path());
     }
-    let own = OwnConsole::bind()?;
-    args.console_socket = Some(own.path());
-    Ok(Some(own))
+    Ok(own)
 }
 
 /// Whether the bundle's process has a terminal; a bundle that cannot be

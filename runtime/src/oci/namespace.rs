@@ -147,10 +147,7 @@ pub fn exec(engine: &Engine, args: &ExecArgs) -> Result<i32> {
     let container = engine.load(&args.id)?;
     let process = exec_process(&container.spec()?, args)?;
     let terminal = process.terminal().unwrap_or(false);
-    let console = match console::needed(terminal, args.console_socket.as_deref(), !args.detach)? {
-        true => Some(OwnConsole::bind()?),
-        false => None,
-    };
+    let console = console::own_if_needed(terminal, args.console_socket.as_deref(), !args.detach)?;
     let console_socket = console
         .as_ref()
         .map(OwnConsole::path)

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kata_rs_protocol::agent::{
-    CreateContainerRequest, ExecProcessRequest, ProcessRequest, RemoveContainerRequest,
-    SignalProcessRequest, TtyWinResizeRequest, UpdateContainerRequest,
+    CreateContainerRequest, ExecProcessRequest, RemoveContainerRequest, SignalProcessRequest,
+    TtyWinResizeRequest, UpdateContainerRequest,
 };
 use kata_rs_protocol::{AgentClient, SHARED_FS_TAG};
 use nix::sys::signal::Signal;
@@ -19,16 +19,11 @@ use serde_json::Value;
 
 use super::io::{self, Fifos, Relays};
 use crate::config::Config;
+use crate::oci::vm::monitor;
 use crate::oci::vm::process::ProcRef;
 use crate::oci::vm::stdio::{self, Streams};
 use crate::oci::vm::{self as vm, container_req, ctx, rpc_error, share, state};
 use crate::sandbox::{vsock_uds, VmSandbox};
-
-/// How long output may still arrive after a process exited.
-const DRAIN_BOUND: Duration = Duration::from_secs(10);
-/// What a process that could not be waited for (its VM is gone) reports:
-/// killed, as by SIGKILL.
-const LOST_STATUS: u32 = 128 + 9;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy)]
@@ -379,30 +374,15 @@ impl Pod {
             .map(|r| std::mem::take(&mut r.outputs))
             .unwrap_or_default();
         let exit = Arc::clone(&p.exit);
-        let mut req = ProcessRequest::new();
-        req.container_id = id.to_owned();
-        req.exec_id = exec_id.to_owned();
-        let who = format!("{id}/{}", name(exec_id));
+        let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || {
-            let exited = match client
-                .agent
-                .wait_process(ttrpc::context::Context::default(), &req)
-            {
-                Ok(resp) => Exited {
-                    status: resp.exit_status as u32,
-                    at: SystemTime::now(),
-                    oom_killed: resp.oom_killed,
-                },
-                Err(e) => {
-                    tracing::warn!(process = %who, error = %e, "the process could not be waited for");
-                    Exited {
-                        status: LOST_STATUS,
-                        at: SystemTime::now(),
-                        oom_killed: false,
-                    }
-                }
+            let (status, oom_killed) = monitor::wait_for_exit(&client, &id, &exec_id);
+            let exited = Exited {
+                status: status as u32,
+                at: SystemTime::now(),
+                oom_killed,
             };
-            stdio::join_bounded(outputs, DRAIN_BOUND);
+            stdio::join_bounded(outputs, monitor::DRAIN_BOUND);
             // The exit event goes out before Wait returns, so a Delete that
             // follows Wait cannot publish its event first.
             on_exit(exited);

@@ -19,7 +19,7 @@ use super::stdio::{self, Streams};
 use crate::oci::console::OwnConsole;
 
 /// How long output may still arrive after the process exited.
-const DRAIN_BOUND: Duration = Duration::from_secs(10);
+pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a process that could not be waited for (its VM is gone) reports:
 /// it was killed, as by SIGKILL.
@@ -79,22 +79,29 @@ pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) 
     started(&client)?;
     forward_signals(client.clone(), target.clone(), signals, pty);
 
-    let mut req = ProcessRequest::new();
-    req.container_id = target.container_id.clone();
-    req.exec_id = target.exec_id.clone();
-    let status = match client
-        .agent
-        .wait_process(ttrpc::context::Context::default(), &req)
-    {
-        Ok(resp) => resp.exit_status,
-        Err(e) => {
-            tracing::warn!(id = %target.container_id, error = %e, "the process could not be waited for");
-            LOST_STATUS
-        }
-    };
+    let (status, _) = wait_for_exit(&client, &target.container_id, &target.exec_id);
     stdio::join_bounded(outputs, DRAIN_BOUND);
     drop(own_terminal);
     Ok(status)
+}
+
+/// Waits for process (`container_id`, `exec_id`) in the guest; returns its
+/// exit status and whether the OOM killer ended it. A process that cannot
+/// be waited for (its VM is gone) reports [`LOST_STATUS`].
+pub fn wait_for_exit(client: &AgentClient, container_id: &str, exec_id: &str) -> (i32, bool) {
+    let mut req = ProcessRequest::new();
+    req.container_id = container_id.to_owned();
+    req.exec_id = exec_id.to_owned();
+    match client
+        .agent
+        .wait_process(ttrpc::context::Context::default(), &req)
+    {
+        Ok(resp) => (resp.exit_status, resp.oom_killed),
+        Err(e) => {
+            tracing::warn!(id = %container_id, exec_id, error = %e, "the process could not be waited for");
+            (LOST_STATUS, false)
+        }
+    }
 }
 
 /// A host pty whose master goes to the console socket (as runc sends it)
