@@ -268,3 +268,29 @@ fn the_configuration_comes_from_the_runtime_options() {
     containerd.finish();
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "2\n"), "{out:?}");
 }
+
+#[test]
+fn a_killed_shim_leaves_nothing_once_containerd_cleans_up() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    let pod = containerd.id();
+    run_ok(&mut containerd.run_command_as(&pod, &["-d", &in_pod(&pod)], &["sleep", "1000"]));
+    let shims: Vec<i32> = processes_mentioning(&format!("-id {pod} "))
+        .iter()
+        .filter(|p| p.contains("containerd-shim-kata-rs-v2"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for the pod");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd sees its shim gone, runs `shim delete` in the bundle, and
+    // reports the task stopped.
+    wait_until(TIMEOUT, "containerd to clean up after the shim", || {
+        !pod_dir(&pod).exists() && pod_processes(&pod).is_empty()
+    });
+    containerd.finish();
+}
