@@ -12,11 +12,12 @@ use nix::sys::signal::{SigSet, Signal};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::{boot, layout, mptable, regs};
-use crate::config::{Console, VmConfig};
+use crate::config::{Console, NetBackend, NetConfig, VmConfig};
 use crate::devices::serial::{SerialConsole, COM1_BASE, COM1_LEN};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::net::{Net, NetError, Tap};
 use crate::devices::virtio::vsock::{SocketFile, Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusError};
@@ -60,6 +61,10 @@ pub enum BuildError {
     Fs(#[from] FsError),
     #[error("virtio-fs tag {0:?} is given twice")]
     DuplicateFsTag(String),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{0} is given twice")]
+    DuplicateNet(String),
     #[error("no room for another virtio-mmio device (interrupt lines {first}-{last} are taken)")]
     NoDeviceSlot { first: u32, last: u32 },
     #[error("cannot start a vCPU thread: {0}")]
@@ -111,6 +116,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         }
     }
     // Files first: bad input is reported the same with or without KVM.
+    let taps = open_taps(&cfg.nets)?;
     let mem = memory::create_guest_memory(cfg.memory_mib)?;
     let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
     let initrd = cfg
@@ -147,6 +153,11 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         let device = Fs::new(&fs.tag, &fs.socket)?;
         slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(device))?;
     }
+    for (net, tap) in cfg.nets.iter().zip(taps) {
+        tracing::info!(tap = tap.name(), mac = %net.mac, "virtio-net");
+        let device = Net::new(tap, net.mac);
+        slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(device))?;
+    }
 
     boot::load_cmdline(&mem, &cmdline)?;
     let cmdline_len = cmdline.as_cstring().map(|c| c.as_bytes().len())?;
@@ -167,6 +178,25 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         panicked,
         socket_files,
     })
+}
+
+/// Gets the tap of every network device, in `nets` order. Inherited fds
+/// are taken over before any tap is opened by name: a number that was not
+/// really inherited could otherwise be a tap this process just opened, which
+/// would then have two owners.
+fn open_taps(nets: &[NetConfig]) -> Result<Vec<Tap>, BuildError> {
+    for (i, net) in nets.iter().enumerate() {
+        if nets[..i].iter().any(|n| n.backend == net.backend) {
+            return Err(BuildError::DuplicateNet(net.backend.to_string()));
+        }
+    }
+    let mut order: Vec<usize> = (0..nets.len()).collect();
+    order.sort_by_key(|&i| matches!(nets[i].backend, NetBackend::Tap(_)));
+    let mut taps: Vec<Option<Tap>> = nets.iter().map(|_| None).collect();
+    for i in order {
+        taps[i] = Some(Tap::open(&nets[i].backend)?);
+    }
+    Ok(taps.into_iter().flatten().collect())
 }
 
 /// Hands out virtio-mmio windows and interrupt lines in order, and wires

@@ -1,9 +1,12 @@
 //! What a VM is made of, as the command line or a caller describes it.
 
+use std::fmt;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::devices::virtio::fs::validate_tag;
+use crate::devices::virtio::net::{validate_tap_name, MacAddr};
 
 /// The command line every guest gets unless the caller replaces it: the
 /// serial console, a reset through the keyboard controller as the way to
@@ -84,6 +87,85 @@ impl FromStr for FsConfig {
     }
 }
 
+/// Where the tap behind a virtio-net device comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// The tap of this name in the VMM's network namespace, attached (and
+    /// created if missing) by the VMM.
+    Tap(String),
+    /// A tap fd inherited from the parent, already attached; the VMM owns
+    /// it from then on.
+    Fd(RawFd),
+}
+
+impl fmt::Display for NetBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetBackend::Tap(name) => write!(f, "tap {name}"),
+            NetBackend::Fd(fd) => write!(f, "tap fd {fd}"),
+        }
+    }
+}
+
+/// A virtio-net device: its tap and the guest card's MAC address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub backend: NetBackend,
+    pub mac: MacAddr,
+}
+
+impl FromStr for NetConfig {
+    type Err = String;
+    /// `tap=NAME,mac=MAC` or `fd=N,mac=MAC`, in any order.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut backend = None;
+        let mut mac = None;
+        for item in s.split(',') {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not KEY=VALUE (keys: tap, fd, mac)"))?;
+            match key {
+                "tap" | "fd" if backend.is_some() => {
+                    return Err(format!("{s:?} names more than one tap (tap= or fd=)"))
+                }
+                "tap" => {
+                    validate_tap_name(value).map_err(|e| e.to_string())?;
+                    backend = Some(NetBackend::Tap(value.to_owned()));
+                }
+                "fd" => backend = Some(NetBackend::Fd(parse_tap_fd(value)?)),
+                "mac" if mac.is_some() => return Err(format!("{s:?} gives mac= twice")),
+                "mac" => mac = Some(value.parse::<MacAddr>().map_err(|e| e.to_string())?),
+                other => {
+                    return Err(format!(
+                        "unknown net option {other:?} (expected tap, fd or mac)"
+                    ))
+                }
+            }
+        }
+        Ok(Self {
+            backend: backend.ok_or_else(|| format!("{s:?} names no tap (tap=NAME or fd=N)"))?,
+            mac: mac.ok_or_else(|| format!("{s:?} has no mac=MAC"))?,
+        })
+    }
+}
+
+/// A decimal fd number of 3 or more: 0-2 are the VMM's own standard
+/// streams, which it must not take over.
+fn parse_tap_fd(value: &str) -> Result<RawFd, String> {
+    let fd = value
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| value.parse::<RawFd>().ok())
+        .flatten()
+        .ok_or_else(|| format!("invalid tap fd {value:?}: expected a decimal number"))?;
+    if fd < 3 {
+        return Err(format!(
+            "tap fd {fd} is a standard stream; pass the tap as fd 3 or above"
+        ));
+    }
+    Ok(fd)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
     pub guest_cid: u64,
@@ -101,6 +183,7 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     pub disks: Vec<DiskConfig>,
     pub filesystems: Vec<FsConfig>,
+    pub nets: Vec<NetConfig>,
 }
 
 #[cfg(test)]
@@ -144,6 +227,60 @@ mod tests {
             assert!(bad.parse::<FsConfig>().is_err(), "{bad:?}");
         }
         assert!(format!("{}=/s", "x".repeat(36)).parse::<FsConfig>().is_ok());
+    }
+
+    #[test]
+    fn net_options() {
+        let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(
+            "tap=tap0,mac=02:00:00:00:00:01"
+                .parse::<NetConfig>()
+                .unwrap(),
+            NetConfig {
+                backend: NetBackend::Tap("tap0".into()),
+                mac
+            }
+        );
+        assert_eq!(
+            "mac=02:00:00:00:00:01,fd=7".parse::<NetConfig>().unwrap(),
+            NetConfig {
+                backend: NetBackend::Fd(7),
+                mac
+            }
+        );
+        // Each bad input, and what the error must name.
+        for (bad, named) in [
+            ("", "\"\""),
+            ("tap0", "tap0"),
+            ("tap=tap0", "mac"),
+            ("mac=02:00:00:00:00:01", "tap=NAME or fd=N"),
+            ("tap=tap0,mac=02:00:00:00:00", "02:00:00:00:00"),
+            ("tap=tap0,mac=02:00:00:00:00:0x", "02:00:00:00:00:0x"),
+            ("tap=tap0,mac=03:00:00:00:00:01", "03:00:00:00:00:01"),
+            ("tap=tap0,mac=", "\"\""),
+            (
+                "tap=tap0,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02",
+                "twice",
+            ),
+            ("tap=a,fd=3,mac=02:00:00:00:00:01", "more than one tap"),
+            ("tap=a,tap=b,mac=02:00:00:00:00:01", "more than one tap"),
+            ("tap=,mac=02:00:00:00:00:01", "\"\""),
+            ("tap=a/b,mac=02:00:00:00:00:01", "a/b"),
+            (
+                "tap=abcdefghijklmnop,mac=02:00:00:00:00:01",
+                "abcdefghijklmnop",
+            ),
+            ("fd=x,mac=02:00:00:00:00:01", "\"x\""),
+            ("fd=-4,mac=02:00:00:00:00:01", "\"-4\""),
+            ("fd=+4,mac=02:00:00:00:00:01", "\"+4\""),
+            ("fd=99999999999,mac=02:00:00:00:00:01", "99999999999"),
+            ("fd=2,mac=02:00:00:00:00:01", "fd 2"),
+            ("fd=3,mac=02:00:00:00:00:01,queues=2", "queues"),
+            ("fd=3,mac=02:00:00:00:00:01,", "\"\""),
+        ] {
+            let e = bad.parse::<NetConfig>().unwrap_err();
+            assert!(e.contains(named), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use kata_rs_vmm::builder;
-use kata_rs_vmm::config::{Console, DiskConfig, FsConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use kata_rs_vmm::config::{
+    Console, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+};
 
 /// The first CID a guest may have (0-2 are reserved by vsock).
 const DEFAULT_GUEST_CID: u64 = 3;
@@ -54,6 +56,12 @@ struct Args {
     /// virtiofsd must be listening when the VMM starts. Repeatable.
     #[arg(long = "fs")]
     filesystems: Vec<FsConfig>,
+    /// A network card on a tap: `tap=NAME,mac=MAC` attaches to (or creates)
+    /// the tap NAME in the VMM's network namespace; `fd=N,mac=MAC` takes
+    /// over the inherited, already attached tap fd N. MAC is six
+    /// colon-separated hex octets. Repeatable.
+    #[arg(long = "net")]
+    nets: Vec<NetConfig>,
     /// Log filter for the VMM's own messages (stderr).
     #[arg(long, default_value = "warn", env = "KATA_RS_VMM_LOG")]
     log_level: String,
@@ -83,6 +91,7 @@ fn main() {
         }),
         disks: args.disks,
         filesystems: args.filesystems,
+        nets: args.nets,
     };
     let outcome = builder::build(&cfg).and_then(|vmm| vmm.run());
     let code = match outcome {

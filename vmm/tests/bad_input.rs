@@ -217,3 +217,33 @@ fn missing_virtiofsd_and_bad_shares() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--fs"));
     }
 }
+
+#[test]
+fn bad_network_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = tiny_elf(dir.path());
+    let k = k.to_str().unwrap();
+    let net = "fd=999,mac=02:00:00:00:00:01";
+    assert_one_error(
+        &vmm(&["--kernel", k, "--net", net]),
+        "tap fd 999 is not open",
+    );
+    assert_one_error(
+        &vmm(&["--kernel", k, "--net", net, "--net", net]),
+        "tap fd 999 is given twice",
+    );
+
+    for (bad, named) in [
+        ("tap=tap0,mac=02:00:00:00:00:zz", "02:00:00:00:00:zz"),
+        ("tap=tap0", "mac"),
+        ("fd=1,mac=02:00:00:00:00:01", "fd 1"),
+    ] {
+        let out = vmm(&["--kernel", k, "--net", bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--net") && stderr.contains(named),
+            "{stderr}"
+        );
+    }
+}
