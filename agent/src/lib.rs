@@ -8,6 +8,7 @@ pub mod cmdline;
 pub mod containers;
 pub mod guest;
 pub mod init;
+pub mod network;
 pub mod reaper;
 mod relay;
 pub mod service;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use kata_rs_protocol::agent::{
     ContainerRequest, CreateContainerRequest, DestroySandboxRequest, DestroySandboxResponse, Empty,
     ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesResponse,
-    ProcessRequest, RemoveContainerRequest, SignalProcessRequest, StateContainerResponse,
-    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
+    ProcessRequest, RemoveContainerRequest, SetupPodNetworkRequest, SignalProcessRequest,
+    StateContainerResponse, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
+    WaitProcessResponse,
 };
 use kata_rs_protocol::health::{
     health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionRequest,
@@ -331,6 +332,22 @@ impl agent_ttrpc::AgentService for AgentService {
         self.containers
             .remove(id, req.force)
             .map_err(status("RemoveContainer", id, ""))?;
+        Ok(Empty::new())
+    }
+
+    fn setup_pod_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SetupPodNetworkRequest,
+    ) -> ttrpc::Result<Empty> {
+        crate::network::setup_pod_network(&req).map_err(|e| {
+            tracing::warn!(rpc = "SetupPodNetwork", error = %e, "request failed");
+            let code = match e {
+                crate::network::NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
+                crate::network::NetworkError::Io { .. } => Code::INTERNAL,
+            };
+            rpc_error(code, format!("set up the pod's network: {e}"))
+        })?;
         Ok(Empty::new())
     }
 }

@@ -1,0 +1,406 @@
+//! The pod's network inside the guest: the guest's own network namespace,
+//! which the runtime gives every container of a pod. Set up with interface
+//! ioctls: IPv4 addresses and routes need nothing more, and the guest has
+//! no netlink library to carry.
+
+use std::ffi::CString;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use kata_rs_protocol::agent::{Interface, Route, SetupPodNetworkRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, NetworkError>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
+    let what = what.into();
+    move |source| NetworkError::Io { what, source }
+}
+
+/// Brings the loopback up (as CNI's loopback plugin does on a host), then
+/// each interface and the routes.
+pub fn setup_pod_network(req: &SetupPodNetworkRequest) -> Result<()> {
+    link_set_up("lo", true).map_err(io_err("bring lo up"))?;
+    for iface in &req.interfaces {
+        set_up_interface(iface)?;
+    }
+    // Routes on the link first: a gateway must be reachable before a route
+    // through it goes in (Calico's default route is via a link-local
+    // address with a route of its own).
+    let (on_link, via): (Vec<&Route>, Vec<&Route>) =
+        req.routes.iter().partition(|r| r.gateway.is_empty());
+    for route in on_link.into_iter().chain(via) {
+        add_route(route)?;
+    }
+    Ok(())
+}
+
+fn set_up_interface(iface: &Interface) -> Result<()> {
+    let mac = parse_mac(&iface.mac)?;
+    let addresses = iface
+        .addresses
+        .iter()
+        .map(|a| parse_cidr(a))
+        .collect::<Result<Vec<_>>>()?;
+    let current = nic_with_mac(mac)?;
+    let name = &iface.name;
+    if &current != name {
+        check_name(name)?;
+        // A NIC is renamed only while it is down.
+        link_set_up(&current, false).map_err(io_err(format!("take {current} down")))?;
+        rename(&current, name).map_err(io_err(format!("rename {current} to {name}")))?;
+    }
+    if iface.mtu != 0 {
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_mtu = i32::try_from(iface.mtu)
+            .map_err(|_| NetworkError::Invalid(format!("MTU {} is out of range", iface.mtu)))?;
+        ioctl(libc::SIOCSIFMTU, &mut req).map_err(io_err(format!("set {name}'s MTU")))?;
+    }
+    // The first address is the interface's own; the others are aliases,
+    // which is how interface ioctls add secondary addresses.
+    for (i, (addr, prefix)) in addresses.iter().enumerate() {
+        let label = if i == 0 {
+            name.clone()
+        } else {
+            format!("{name}:{i}")
+        };
+        check_name(&label)?;
+        let what = || format!("give {name} the address {addr}/{prefix}");
+        let mut req = ifreq(&label)?;
+        req.ifr_ifru.ifru_addr = sockaddr(*addr);
+        ioctl(libc::SIOCSIFADDR, &mut req).map_err(io_err(what()))?;
+        req.ifr_ifru.ifru_netmask = sockaddr(mask(*prefix));
+        ioctl(libc::SIOCSIFNETMASK, &mut req).map_err(io_err(what()))?;
+    }
+    link_set_up(name, true).map_err(io_err(format!("bring {name} up")))
+}
+
+fn add_route(route: &Route) -> Result<()> {
+    let (dest, prefix) = parse_cidr(&route.destination)?;
+    let gateway = if route.gateway.is_empty() {
+        None
+    } else {
+        Some(route.gateway.parse::<Ipv4Addr>().map_err(|_| {
+            NetworkError::Invalid(format!(
+                "gateway {:?} is not an IPv4 address",
+                route.gateway
+            ))
+        })?)
+    };
+    check_name(&route.device)?;
+    let device = CString::new(route.device.as_str())
+        .map_err(|_| NetworkError::Invalid(format!("device {:?} is not a name", route.device)))?;
+    // SAFETY: rtentry is plain data; all zeroes is a valid value.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr(dest);
+    rt.rt_genmask = sockaddr(mask(prefix));
+    rt.rt_flags = libc::RTF_UP;
+    if let Some(gw) = gateway {
+        rt.rt_gateway = sockaddr(gw);
+        rt.rt_flags |= libc::RTF_GATEWAY;
+    }
+    if prefix == 32 {
+        rt.rt_flags |= libc::RTF_HOST;
+    }
+    // The kernel only reads the name during the call.
+    rt.rt_dev = device.as_ptr().cast_mut();
+    let sock = inet_socket()?;
+    // SAFETY: SIOCADDRT reads the rtentry passed and the name it points to,
+    // both alive across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) } < 0 {
+        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        return Err(io_err(format!(
+            "add the route to {dest}/{prefix}{via} on {}",
+            route.device
+        ))(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The guest NIC whose MAC is `mac`.
+fn nic_with_mac(mac: [u8; 6]) -> Result<String> {
+    // SAFETY: if_nameindex returns a list ending in a zeroed entry, or
+    // null; it is freed once below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io_err("list the guest's interfaces")(
+            io::Error::last_os_error(),
+        ));
+    }
+    let mut names = Vec::new();
+    let mut entry = list;
+    // SAFETY: walks the list up to its terminating entry.
+    unsafe {
+        while (*entry).if_index != 0 {
+            names.push(
+                std::ffi::CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    for name in names {
+        let mut req = ifreq(&name)?;
+        if ioctl(libc::SIOCGIFHWADDR, &mut req).is_ok() {
+            // SAFETY: SIOCGIFHWADDR set the hwaddr member of the union.
+            let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+            if hw[..6].iter().zip(mac).all(|(a, b)| *a as u8 == b) {
+                return Ok(name);
+            }
+        }
+    }
+    Err(NetworkError::Invalid(format!(
+        "the guest has no NIC with the MAC {}",
+        mac.map(|b| format!("{b:02x}")).join(":")
+    )))
+}
+
+fn rename(from: &str, to: &str) -> io::Result<()> {
+    let mut req =
+        ifreq(from).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // SAFETY: ifru_newname is a plain char array of IFNAMSIZ.
+    let newname = unsafe { &mut req.ifr_ifru.ifru_newname };
+    for (dst, src) in newname.iter_mut().zip(to.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ioctl(libc::SIOCSIFNAME, &mut req)
+}
+
+/// Sets or clears IFF_UP on interface `name` of the calling thread's
+/// namespace.
+fn link_set_up(name: &str, up: bool) -> io::Result<()> {
+    let mut req =
+        ifreq(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS set the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    let bit = libc::IFF_UP as libc::c_short;
+    req.ifr_ifru.ifru_flags = if up { flags | bit } else { flags & !bit };
+    ioctl(libc::SIOCSIFFLAGS, &mut req)
+}
+
+/// One interface ioctl on a fresh socket.
+fn ioctl(request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+    let sock = inet_socket().map_err(|e| io::Error::other(e.to_string()))?;
+    // SAFETY: every request used here reads or writes one ifreq, which
+    // lives across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A socket for interface ioctls.
+fn inet_socket() -> Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io_err("open a socket for interface requests")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
+        return Err(NetworkError::Invalid(format!(
+            "{name:?} is not an interface name"
+        )));
+    }
+    Ok(())
+}
+
+/// An ifreq naming interface `name`.
+fn ifreq(name: &str) -> Result<libc::ifreq> {
+    check_name(name)?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads
+    // it as the family says.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn mask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
+}
+
+/// "10.1.2.3/24" as an address and prefix length.
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
+    let bad = || NetworkError::Invalid(format!("{text:?} is not an IPv4 address/prefix"));
+    let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if prefix > 32 {
+        return Err(bad());
+    }
+    Ok((addr, prefix))
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bad = || NetworkError::Invalid(format!("{text:?} is not a MAC address"));
+    let octets = text
+        .split(':')
+        .map(|o| {
+            if o.len() == 2 {
+                u8::from_str_radix(o, 16).map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        })
+        .collect::<Result<Vec<u8>>>()?;
+    octets.try_into().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Runs `f` on a thread of its own in a new network namespace; the
+    /// commands it spawns run there too.
+    fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the netns");
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn interface(name: &str, mac: &str, addresses: &[&str], mtu: u32) -> Interface {
+        let mut i = Interface::new();
+        i.name = name.into();
+        i.mac = mac.into();
+        i.addresses = addresses.iter().map(|s| s.to_string()).collect();
+        i.mtu = mtu;
+        i
+    }
+
+    fn route(destination: &str, gateway: &str, device: &str) -> Route {
+        let mut r = Route::new();
+        r.destination = destination.into();
+        r.gateway = gateway.into();
+        r.device = device.into();
+        r
+    }
+
+    #[test]
+    fn a_nic_becomes_the_pods_interface_with_its_addresses_and_routes() {
+        let (addrs, routes, lo) = in_new_netns(|| {
+            ip(&[
+                "link",
+                "add",
+                "nic0",
+                "address",
+                "02:00:00:aa:bb:cc",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "peer0",
+            ]);
+            ip(&["link", "set", "peer0", "up"]);
+            let mut req = SetupPodNetworkRequest::new();
+            req.interfaces = vec![interface(
+                "eth7",
+                "02:00:00:AA:BB:CC",
+                &["10.1.2.3/24", "10.9.9.9/32"],
+                1400,
+            )];
+            // In the order `ip route` lists them: the default route's
+            // gateway is reachable only through the route after it.
+            req.routes = vec![
+                route("0.0.0.0/0", "169.254.1.1", "eth7"),
+                route("169.254.1.1/32", "", "eth7"),
+                route("192.168.50.0/24", "10.1.2.254", "eth7"),
+                route("172.16.0.0/16", "", "eth7"),
+            ];
+            setup_pod_network(&req).unwrap();
+            (
+                ip(&["-o", "-4", "addr", "show"]),
+                ip(&["-4", "route", "show"]),
+                ip(&["-o", "link", "show", "eth7"]) + &ip(&["-o", "link", "show", "lo"]),
+            )
+        });
+        assert!(addrs.contains("eth7    inet 10.1.2.3/24"), "{addrs}");
+        assert!(addrs.contains("inet 10.9.9.9/32"), "{addrs}");
+        assert!(addrs.contains("lo    inet 127.0.0.1/8"), "{addrs}");
+        assert!(
+            routes.contains("default via 169.254.1.1 dev eth7"),
+            "{routes}"
+        );
+        assert!(routes.contains("169.254.1.1 dev eth7"), "{routes}");
+        assert!(
+            routes.contains("192.168.50.0/24 via 10.1.2.254 dev eth7"),
+            "{routes}"
+        );
+        assert!(routes.contains("172.16.0.0/16 dev eth7"), "{routes}");
+        assert!(
+            lo.contains("eth7@peer0: <") && lo.contains("mtu 1400"),
+            "{lo}"
+        );
+        assert!(lo.lines().all(|l| l.contains(",UP")), "{lo}");
+    }
+
+    #[test]
+    fn bad_requests_are_named() {
+        in_new_netns(|| {
+            let err =
+                |req: &SetupPodNetworkRequest| setup_pod_network(req).unwrap_err().to_string();
+            let mut req = SetupPodNetworkRequest::new();
+            req.interfaces = vec![interface("eth0", "02:00:00:00:00:99", &[], 0)];
+            assert_eq!(
+                err(&req),
+                "the guest has no NIC with the MAC 02:00:00:00:00:99"
+            );
+            req.interfaces = vec![interface("eth0", "02:00:00:00:00", &[], 0)];
+            assert!(err(&req).contains("\"02:00:00:00:00\" is not a MAC address"));
+            req.interfaces = vec![interface("eth0", "02:00:00:00:00:01", &["10.0.0.1/33"], 0)];
+            assert!(err(&req).contains("\"10.0.0.1/33\" is not an IPv4 address/prefix"));
+            req.interfaces.clear();
+            req.routes = vec![route("10.0.0.0/8", "fe80::1", "eth0")];
+            assert!(err(&req).contains("gateway \"fe80::1\" is not an IPv4 address"));
+            req.routes = vec![route("10.0.0.0/8", "", "a-name-longer-than-ifnamsiz")];
+            assert!(err(&req).contains("is not an interface name"));
+            req.routes = vec![route("10.0.0.0/8", "10.0.0.1", "eth9")];
+            assert!(err(&req).contains("add the route to 10.0.0.0/8 via 10.0.0.1 on eth9"));
+        });
+    }
+}
