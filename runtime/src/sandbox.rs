@@ -3,9 +3,11 @@
 //! directory, and the agent reached through that socket.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
@@ -80,6 +82,8 @@ pub struct SandboxSpec {
     pub memory_mib: u64,
     /// virtio-fs shares: tag and virtiofsd's vhost-user socket.
     pub fs: Vec<(String, PathBuf)>,
+    /// virtio-net NICs: the tap the VMM inherits, and the NIC's MAC.
+    pub nics: Vec<(Arc<OwnedFd>, String)>,
 }
 
 impl SandboxSpec {
@@ -88,6 +92,7 @@ impl SandboxSpec {
             vcpus: hv.vcpus,
             memory_mib: hv.memory_mib,
             fs: Vec::new(),
+            nics: Vec::new(),
         }
     }
 }
@@ -138,12 +143,24 @@ impl VmSandbox {
         for (tag, socket) in &spec.fs {
             cmd.arg("--fs").arg(format!("{tag}={}", socket.display()));
         }
+        // The taps keep their numbers in the VMM.
+        let taps: Vec<i32> = spec.nics.iter().map(|(tap, _)| tap.as_raw_fd()).collect();
+        for ((tap, mac), fd) in spec.nics.iter().zip(&taps) {
+            debug_assert_eq!(tap.as_raw_fd(), *fd);
+            cmd.arg("--net").arg(format!("fd={fd},mac={mac}"));
+        }
         // Its own session: the VMM must outlive a CLI that is interrupted,
         // and not receive the terminal's signals.
-        // SAFETY: setsid is async-signal-safe and touches no Rust state.
+        // SAFETY: setsid and fcntl are async-signal-safe and touch no Rust
+        // state; `taps` is only read.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
+                for fd in &taps {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }

@@ -5,11 +5,13 @@
 //!
 //! - [`pod`]: the VM, its share and the containers and processes in it;
 //! - [`io`]: containerd's stdio FIFOs relayed to the agent's streams;
+//! - [`network`]: the pod's CNI interfaces joined to taps for the VM;
 //! - [`options`]: the configuration file named by containerd's options;
 //! - [`service`]: the task API over a pod, and its events;
 //! - [`stats`]: the agent's statistics as containerd's cgroup metrics.
 
 pub mod io;
+pub mod network;
 pub mod options;
 pub mod pod;
 pub mod service;

@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::io::{self, Fifos, Relays};
+use super::network::{self, PodNetwork};
 use crate::config::Config;
 use crate::oci::vm::monitor;
 use crate::oci::vm::process::ProcRef;
@@ -126,6 +127,7 @@ struct Vm {
     sandbox: VmSandbox,
     virtiofsd: ProcRef,
     client: AgentClient,
+    network: PodNetwork,
 }
 
 pub struct Pod {
@@ -179,13 +181,33 @@ impl Pod {
             .ok_or_else(|| anyhow!("the pod's VM is not running"))
     }
 
-    /// Boots the pod's VM, sized for `spec`, with the pod directory shared.
+    /// Boots the pod's VM, sized for `spec`, with the pod directory shared
+    /// and a NIC for each interface of the pod's network namespace.
     fn boot(&mut self, spec: &Value) -> Result<()> {
+        let network = match network::pod_netns(spec) {
+            Some(netns) => network::connect(Path::new(&netns))
+                .with_context(|| format!("connect the pod's network {netns} to its VM"))?,
+            None => PodNetwork::default(),
+        };
         let share = state::share_dir(&self.dir);
-        std::fs::create_dir_all(&share).with_context(|| format!("create {}", share.display()))?;
-        let virtiofsd = vm::start_virtiofsd(&self.config, &self.dir)?;
+        let virtiofsd = std::fs::create_dir_all(&share)
+            .with_context(|| format!("create {}", share.display()))
+            .and_then(|()| vm::start_virtiofsd(&self.config, &self.dir));
+        let virtiofsd = match virtiofsd {
+            Ok(v) => v,
+            Err(e) => {
+                network::disconnect(&network);
+                return Err(e);
+            }
+        };
         let mut sized = vm::sandbox_spec(&self.config, spec);
         add_pod_resources(&mut sized, spec);
+        let mut network = network;
+        sized.nics = network
+            .taps
+            .drain(..)
+            .zip(network.nics.iter().map(|n| n.mac.clone()))
+            .collect();
         sized
             .fs
             .push((SHARED_FS_TAG.to_owned(), state::virtiofsd_socket(&self.dir)));
@@ -193,6 +215,11 @@ impl Pod {
             .map_err(anyhow::Error::from)
             .and_then(|mut sandbox| {
                 let client = sandbox.wait_for_agent(vm::BOOT_TIMEOUT)?;
+                // A failure drops the sandbox, which kills its VMM.
+                client
+                    .agent
+                    .setup_pod_network(ctx(), &network.request())
+                    .map_err(|e| anyhow!("set up the pod's network: {e}"))?;
                 Ok((sandbox, client))
             });
         match booted {
@@ -208,12 +235,14 @@ impl Pod {
                     sandbox,
                     virtiofsd,
                     client,
+                    network,
                 });
                 Ok(())
             }
             Err(e) => {
                 virtiofsd.signal(Signal::SIGTERM);
                 virtiofsd.stop(Duration::from_secs(5));
+                network::disconnect(&network);
                 Err(e.context("boot the pod's VM"))
             }
         }
@@ -290,7 +319,14 @@ impl Pod {
         if self.vm.is_none() {
             self.boot(spec)?;
         }
-        let guest_spec = share::prepare(id, bundle, spec, &state::share_dir(&self.dir))?;
+        let mut guest_spec = share::prepare(id, bundle, spec, &state::share_dir(&self.dir))?;
+        use_pod_network(&mut guest_spec);
+        let sandbox = self.sandbox_id();
+        if sandbox.as_deref() != Some(id)
+            && sandbox.is_some_and(|s| self.containers.contains_key(&s))
+        {
+            self.join_sandbox_namespaces(spec, &mut guest_spec)?;
+        }
         let streams = Streams::connect(&vsock_uds(&self.dir), id, "", fifos.terminal)?;
         let relays = io::relay(streams, &fifos)?;
         let mut req = CreateContainerRequest::new();
@@ -307,6 +343,50 @@ impl Pod {
         let mut init = Process::new(fifos, None);
         init.relays = Some(relays);
         Ok(init)
+    }
+
+    /// The pod's sandbox container: the one the pod (and its directory) is
+    /// named after, when CRI made the pod.
+    fn sandbox_id(&self) -> Option<String> {
+        Some(self.dir.file_name()?.to_str()?.to_owned())
+    }
+
+    /// A pod's container shares the sandbox's IPC and UTS (and PID, where
+    /// the pod shares it) namespaces: CRI names them by host paths, which
+    /// mean nothing in the guest, so the guest spec names the sandbox
+    /// init's namespaces in the guest instead.
+    fn join_sandbox_namespaces(&self, spec: &Value, guest: &mut Value) -> Result<()> {
+        let Some(sandbox) = self.sandbox_id() else {
+            return Ok(());
+        };
+        let pid = self
+            .client()?
+            .agent
+            .state_container(ctx(), &container_req(&sandbox))
+            .map_err(|e| rpc_error("state, as the pod's sandbox", &sandbox, e))?
+            .pid;
+        let joined = |kind: &str| {
+            spec["linux"]["namespaces"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|ns| ns["type"] == kind && ns.get("path").is_some())
+            })
+        };
+        let Some(namespaces) = guest["linux"]["namespaces"].as_array_mut() else {
+            return Ok(());
+        };
+        for ns in namespaces {
+            let kind = ns["type"].as_str().unwrap_or_default().to_owned();
+            let proc_name = match kind.as_str() {
+                "ipc" => "ipc",
+                "uts" => "uts",
+                "pid" => "pid",
+                _ => continue,
+            };
+            if joined(&kind) {
+                ns["path"] = format!("/proc/{pid}/ns/{proc_name}").into();
+            }
+        }
+        Ok(())
     }
 
     /// Registers exec `exec_id` in container `id`; it starts with
@@ -526,6 +606,7 @@ impl Pod {
             }
             vm.virtiofsd.signal(Signal::SIGTERM);
             vm.virtiofsd.stop(Duration::from_secs(5));
+            network::disconnect(&vm.network);
         }
         let share = state::share_dir(&self.dir);
         for id in self.containers.keys() {
@@ -536,6 +617,16 @@ impl Pod {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "remove the pod directory");
             }
         }
+    }
+}
+
+/// The pod's containers live in the guest's own network namespace, which
+/// the pod's network is set up in (the VM is the pod's network boundary):
+/// the guest spec asks for no namespace of their own, whatever the host
+/// spec says.
+fn use_pod_network(guest: &mut Value) {
+    if let Some(namespaces) = guest["linux"]["namespaces"].as_array_mut() {
+        namespaces.retain(|ns| ns["type"] != "network");
     }
 }
 
@@ -686,6 +777,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             fs: Vec::new(),
+            nics: Vec::new(),
         };
         let mut sized = base.clone();
         add_pod_resources(
@@ -705,5 +797,16 @@ mod tests {
                                     "io.kubernetes.cri.sandbox-cpu-period": "100000"}}),
         );
         assert_eq!((plain.vcpus, plain.memory_mib), (1, 256));
+    }
+
+    #[test]
+    fn pod_containers_ask_for_no_network_namespace_of_their_own() {
+        let mut guest = json!({"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network"}, {"type": "ipc"}]}});
+        use_pod_network(&mut guest);
+        assert_eq!(
+            guest["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc"}])
+        );
     }
 }

@@ -1,0 +1,487 @@
+//! The pod's network on the host. CNI put interfaces (a veth, with
+//! addresses and routes) into the pod's network namespace; each gets a tap
+//! in that namespace, joined to it with tc (an ingress qdisc and a mirred
+//! redirect each way, as Kata does by default), so the veth's frames reach
+//! the VM and come back unchanged. The taps' descriptors go to the VMM, one
+//! NIC each with the veth's MAC, and the agent gives those NICs the
+//! interfaces' names, addresses and routes ([`PodNetwork::request`]).
+//!
+//! Read and set up with iproute2's `ip` and `tc`, run inside the namespace:
+//! every Kubernetes node has them, and tc has no other interface short of
+//! netlink. The taps are not persistent: they go with the VMM.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kata_rs_protocol::agent::{Interface, Route, SetupPodNetworkRequest};
+use nix::sched::{setns, CloneFlags};
+use serde_json::Value;
+
+/// A pod interface, as the guest NIC joined to it gets it.
+pub struct Nic {
+    name: String,
+    pub mac: String,
+    mtu: u32,
+    addresses: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct PodNetwork {
+    /// The namespace the interfaces are in.
+    netns: Option<std::path::PathBuf>,
+    pub nics: Vec<Nic>,
+    /// The tap joined to each NIC's interface, in the same order, until
+    /// the VMM holds them.
+    pub taps: Vec<Arc<OwnedFd>>,
+    routes: Vec<Route>,
+}
+
+impl PodNetwork {
+    fn names(&self) -> Vec<String> {
+        self.nics.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// What the agent needs to give the guest the same network.
+    pub fn request(&self) -> SetupPodNetworkRequest {
+        let mut req = SetupPodNetworkRequest::new();
+        req.interfaces = self
+            .nics
+            .iter()
+            .map(|n| {
+                let mut i = Interface::new();
+                i.name = n.name.clone();
+                i.mac = n.mac.clone();
+                i.mtu = n.mtu;
+                i.addresses = n.addresses.clone();
+                i
+            })
+            .collect();
+        req.routes = self.routes.clone();
+        req
+    }
+}
+
+/// The network namespace CRI made for the pod: the path its sandbox
+/// container's spec names, if any.
+pub fn pod_netns(spec: &Value) -> Option<String> {
+    spec["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|ns| ns["type"] == "network")?["path"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The largest MTU the guest NICs get: the device offers neither
+/// VIRTIO_NET_F_MTU nor mergeable receive buffers, so the guest's receive
+/// buffers hold a 1500-byte frame, and TCP peers learn that MSS from it.
+const GUEST_MAX_MTU: u32 = 1500;
+
+/// Runs `f` on a thread of its own inside network namespace `ns`: setns
+/// moves the calling thread only, and what it spawns starts in the
+/// thread's namespace.
+fn in_netns<T: Send + 'static>(
+    ns: File,
+    name: String,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || {
+        setns(&ns, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("enter the network namespace {name}"))?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("the pod network thread panicked"))?
+}
+
+/// Joins a tap to each interface of network namespace `netns`. What it
+/// joined is undone if it fails.
+pub fn connect(netns: &Path) -> Result<PodNetwork> {
+    let ns = File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+    refuse_own_namespace(&ns, netns)?;
+    in_netns(ns, netns.display().to_string(), || {
+        let mut network = PodNetwork::default();
+        match join_all(&mut network) {
+            Ok(()) => Ok(network),
+            Err(e) => {
+                unjoin(&network.names());
+                Err(e)
+            }
+        }
+    })
+    .map(|mut network| {
+        network.netns = Some(netns.to_owned());
+        network
+    })
+}
+
+/// Takes the redirects off the pod's interfaces, if their namespace is
+/// still there (the taps themselves go when their last descriptor closes).
+pub fn disconnect(network: &PodNetwork) {
+    let Some(netns) = &network.netns else {
+        return;
+    };
+    if !netns.exists() {
+        return;
+    }
+    let names = network.names();
+    let done = File::open(netns)
+        .map_err(anyhow::Error::from)
+        .and_then(|ns| {
+            in_netns(ns, netns.display().to_string(), move || {
+                unjoin(&names);
+                Ok(())
+            })
+        });
+    if let Err(e) = done {
+        tracing::warn!(netns = %netns.display(), error = %e, "take the redirects off the pod's interfaces");
+    }
+}
+
+/// A pod's namespace that is the shim's own would hand the host's own
+/// interfaces to the VM.
+fn refuse_own_namespace(ns: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = ns.metadata()?;
+    let ours = std::fs::metadata("/proc/self/ns/net")?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        bail!(
+            "{} is the host's own network namespace: a VM takes only a pod's",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// In the pod's namespace: a tap joined to each interface, then the routes.
+fn join_all(network: &mut PodNetwork) -> Result<()> {
+    let links = ip_json(&["-j", "addr", "show"])?;
+    for link in links.as_array().into_iter().flatten() {
+        let Some((name, mac, mtu, addresses)) = pod_interface(link) else {
+            continue;
+        };
+        let ipv6: Vec<&str> = link["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["family"] == "inet6" && a["scope"] == "global")
+            .filter_map(|a| a["local"].as_str())
+            .collect();
+        if !ipv6.is_empty() {
+            tracing::warn!(interface = %name, ?ipv6, "IPv6 addresses are not given to the guest yet");
+        }
+        if mtu > GUEST_MAX_MTU {
+            tracing::warn!(interface = %name, mtu, "the guest NIC gets an MTU of {GUEST_MAX_MTU}");
+        }
+        let mtu = mtu.min(GUEST_MAX_MTU);
+        let tap_name = format!("tap{}_kr", network.nics.len());
+        let tap = open_tap(&tap_name)?;
+        // Recorded before the redirects, so a failure undoes them too.
+        network.nics.push(Nic {
+            name: name.clone(),
+            mac: mac.clone(),
+            mtu,
+            addresses,
+        });
+        network.taps.push(Arc::new(tap));
+        run(Command::new("ip").args(["link", "set", &tap_name, "mtu", &mtu.to_string(), "up"]))?;
+        redirect(&name, &tap_name)?;
+        redirect(&tap_name, &name)?;
+        tracing::info!(interface = %name, tap = %tap_name, %mac, "pod interface joined to a tap");
+    }
+    let names: Vec<&str> = network.nics.iter().map(|n| n.name.as_str()).collect();
+    let routes = ip_json(&["-j", "-4", "route", "show"])?;
+    network.routes = routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| pod_route(r, &names))
+        .collect();
+    Ok(())
+}
+
+/// In the pod's namespace: the redirects off the interfaces `names`.
+fn unjoin(names: &[String]) {
+    for name in names {
+        let _ = run(Command::new("tc").args(["qdisc", "del", "dev", name, "ingress"]));
+    }
+}
+
+/// An interface of the pod worth a NIC: an Ethernet link with an IPv4
+/// address. Its name, MAC, MTU and addresses ("a.b.c.d/len").
+fn pod_interface(link: &Value) -> Option<(String, String, u32, Vec<String>)> {
+    if link["link_type"] != "ether" {
+        return None;
+    }
+    let addresses: Vec<String> = link["addr_info"]
+        .as_array()?
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a["local"].as_str()?,
+                a["prefixlen"].as_u64()?
+            ))
+        })
+        .collect();
+    if addresses.is_empty() {
+        return None;
+    }
+    Some((
+        link["ifname"].as_str()?.to_owned(),
+        link["address"].as_str()?.to_owned(),
+        u32::try_from(link["mtu"].as_u64()?).ok()?,
+        addresses,
+    ))
+}
+
+/// A route the guest must be given: on one of the pod's interfaces, and
+/// not one its kernel makes itself for an address's own subnet.
+fn pod_route(route: &Value, interfaces: &[&str]) -> Option<Route> {
+    let device = route["dev"].as_str()?;
+    if !interfaces.contains(&device) || route["protocol"] == "kernel" {
+        return None;
+    }
+    let destination = match route["dst"].as_str()? {
+        "default" => "0.0.0.0/0".to_owned(),
+        d if d.contains('/') => d.to_owned(),
+        d => format!("{}/32", d.parse::<Ipv4Addr>().ok()?),
+    };
+    let mut r = Route::new();
+    r.destination = destination;
+    r.gateway = route["gateway"].as_str().unwrap_or_default().to_owned();
+    r.device = device.to_owned();
+    Some(r)
+}
+
+/// Everything arriving on `from` leaves through `to`.
+fn redirect(from: &str, to: &str) -> Result<()> {
+    run(Command::new("tc").args(["qdisc", "replace", "dev", from, "ingress"]))?;
+    run(Command::new("tc").args([
+        "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match", "u8",
+        "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+    ]))
+}
+
+/// A new tap named `name` in the calling thread's namespace.
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .context("open /dev/net/tun")?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads the ifreq passed, alive across the call.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &req) } < 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("create the tap {name}"));
+    }
+    Ok(OwnedFd::from(tun))
+}
+
+fn ip_json(args: &[&str]) -> Result<Value> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("run ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("ip {}: not JSON", args.join(" ")))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let what = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().with_context(|| format!("run {what}"))?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_ethernet_links_with_ipv4_become_nics() {
+        let veth = json!({"ifname": "eth0", "link_type": "ether", "mtu": 1450,
+            "address": "5a:0b:0c:0d:0e:0f",
+            "addr_info": [{"family": "inet", "local": "10.213.0.2", "prefixlen": 30},
+                          {"family": "inet6", "local": "fe80::1", "prefixlen": 64}]});
+        assert_eq!(
+            pod_interface(&veth),
+            Some((
+                "eth0".into(),
+                "5a:0b:0c:0d:0e:0f".into(),
+                1450,
+                vec!["10.213.0.2/30".into()]
+            ))
+        );
+        let lo = json!({"ifname": "lo", "link_type": "loopback", "mtu": 65536, "address": "00:00:00:00:00:00",
+            "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]});
+        assert_eq!(pod_interface(&lo), None);
+        let bare = json!({"ifname": "eth1", "link_type": "ether", "mtu": 1500, "address": "5a:00:00:00:00:01",
+            "addr_info": []});
+        assert_eq!(pod_interface(&bare), None);
+    }
+
+    #[test]
+    fn routes_the_guest_kernel_does_not_make_itself() {
+        let routes = json!([
+            {"dst": "default", "gateway": "10.213.0.1", "dev": "eth0"},
+            {"dst": "10.213.0.0/30", "dev": "eth0", "protocol": "kernel", "scope": "link"},
+            {"dst": "10.96.0.0/12", "gateway": "10.213.0.1", "dev": "eth0"},
+            {"dst": "169.254.1.1", "dev": "eth0", "scope": "link"},
+            {"dst": "192.168.0.0/16", "dev": "other0"}
+        ]);
+        let got: Vec<(String, String, String)> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| pod_route(r, &["eth0"]))
+            .map(|r| (r.destination, r.gateway, r.device))
+            .collect();
+        let want = [
+            ("0.0.0.0/0", "10.213.0.1", "eth0"),
+            ("10.96.0.0/12", "10.213.0.1", "eth0"),
+            ("169.254.1.1/32", "", "eth0"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+        );
+    }
+
+    fn ip_in(netns: &str, args: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", netns])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip -n {netns} {args}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A network namespace set up as a CNI plugin would: a veth with an
+    /// address and a default route. Removed when dropped.
+    struct CniNetns(String);
+
+    impl CniNetns {
+        fn new() -> Self {
+            let name = format!("krs-shim-test-{}", std::process::id());
+            run(Command::new("ip").args(["netns", "add", &name])).unwrap();
+            let ns = Self(name);
+            ip_in(
+                &ns.0,
+                "link add eth0 address 5a:00:00:00:00:07 type veth peer name host0",
+            );
+            ip_in(&ns.0, "addr add 10.77.0.2/24 dev eth0");
+            ip_in(&ns.0, "link set eth0 up");
+            ip_in(&ns.0, "link set host0 up");
+            ip_in(&ns.0, "route add default via 10.77.0.1");
+            ns
+        }
+    }
+
+    impl Drop for CniNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    #[test]
+    fn each_cni_interface_gets_a_tap_joined_to_it_until_the_tap_closes() {
+        let ns = CniNetns::new();
+        let network = connect(&Path::new("/var/run/netns").join(&ns.0)).unwrap();
+        assert_eq!((network.nics.len(), network.taps.len()), (1, 1));
+        let req = network.request();
+        let i = &req.interfaces[0];
+        assert_eq!(
+            (i.name.as_str(), i.mac.as_str(), i.addresses.clone()),
+            ("eth0", "5a:00:00:00:00:07", vec!["10.77.0.2/24".to_owned()])
+        );
+        let routes: Vec<_> = req
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.destination.as_str(),
+                    r.gateway.as_str(),
+                    r.device.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(routes, [("0.0.0.0/0", "10.77.0.1", "eth0")]);
+        assert!(ip_in(&ns.0, "-o link show tap0_kr").contains(",UP"));
+        for (from, to) in [("eth0", "tap0_kr"), ("tap0_kr", "eth0")] {
+            let out = Command::new("tc")
+                .args([
+                    "-n", &ns.0, "filter", "show", "dev", from, "parent", "ffff:",
+                ])
+                .output()
+                .unwrap();
+            let filters = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                filters.contains(&format!("Egress Redirect to device {to}")),
+                "{from}: {filters}"
+            );
+        }
+        disconnect(&network);
+        let out = Command::new("tc")
+            .args(["-n", &ns.0, "qdisc", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ingress"));
+        drop(network);
+        assert!(!ip_in(&ns.0, "-o link show").contains("tap0_kr"));
+    }
+
+    #[test]
+    fn the_hosts_own_namespace_is_refused() {
+        let err = connect(Path::new("/proc/self/ns/net")).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("is the host's own network namespace"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_is_named() {
+        let err = connect(Path::new("/var/run/netns/no-such-ns"))
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("open /var/run/netns/no-such-ns"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_pod_netns_comes_from_the_network_namespace_path() {
+        let spec = json!({"linux": {"namespaces": [{"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1"}]}});
+        assert_eq!(pod_netns(&spec).as_deref(), Some("/var/run/netns/cni-1"));
+        assert_eq!(
+            pod_netns(&json!({"linux": {"namespaces": [{"type": "network"}]}})),
+            None
+        );
+    }
+}
