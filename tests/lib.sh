@@ -8,12 +8,14 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # (qemu-system-x86), virtiofsd's build (libseccomp, libcap-ng), and the test
 # images (busybox-static, e2fsprogs); the real peers that drive the OCI
 # runtime under test and runc as its reference (podman with conmon,
-# containerd with ctr and its runc shim).
+# containerd with ctr and its runc shim); for the CRI tests, protoc (the
+# CRI client's generated code) and the test CNI plugin's jq and iproute2.
 KATA_RS_PACKAGES=(
     linux-source-6.12 flex bison bc libelf-dev libssl-dev build-essential
     cpio python3 qemu-system-x86 busybox-static e2fsprogs
     libseccomp-dev libcap-ng-dev pkg-config
     podman conmon containerd runc
+    protobuf-compiler jq iproute2
 )
 VIRTIOFSD_VERSION=1.14.0
 

@@ -137,6 +137,12 @@ run_step "real-peer tests (podman, ctr), namespace mode" env \
     KATA_RS_TEST_OCI_RUNTIME="$test_dir/kata-rs-namespace" \
     cargo test -p kata-rs-tests --test podman --test ctr --locked -- --nocapture
 
+# Kubernetes' path, containerd's CRI plugin, with the runtime handler runc:
+# the reference the VM-mode run below is held to, and a check of the
+# harness (CNI plugin, pause image, CRI client) itself.
+run_step "containerd CRI, runc handler (reference)" env KATA_RS_TEST_ISOLATION=namespace \
+    cargo test -p kata-rs-tests --test cri --locked -- --nocapture
+
 echo "=== KVM on this host: $mode"
 if [ "$mode" != hardware ]; then
     run_step "emulated KVM host self-test" "$repo_root/tests/emulated-host/selftest.sh"
@@ -180,6 +186,13 @@ run_vm_step "containerd shim v2 ($mode KVM)" \
     run_with_kvm --timeout "$VM_STEP_TIMEOUT" --memory-mib 4096 -- \
     env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
     "$(test_binary shim)" --test-threads=1 --nocapture
+
+# containerd's CRI plugin with the runtime handler kata-rs: one microVM per
+# pod, driven as a kubelet drives it.
+run_vm_step "containerd CRI, kata-rs handler ($mode KVM)" \
+    run_with_kvm --timeout "$VM_STEP_TIMEOUT" --memory-mib 4096 -- \
+    env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
+    "$(test_binary cri)" --test-threads=1 --nocapture
 
 # The tally: libtest's "test result:" lines and the self-test's own line;
 # a step that failed without a failing test (a lint, a crash) counts as one

@@ -5,6 +5,9 @@ reproducible, in three forms under OUTDIR:
     rootfs/                    a plain root filesystem for OCI bundles
     busybox-rootfs.tar         the same tree as a tarball, for `podman import`
     busybox-oci.tar            an OCI image archive, for `ctr images import`
+    pause-oci.tar              the same layer as a pod's sandbox image for
+                               containerd's CRI plugin: it waits until
+                               SIGTERM, as Kubernetes' pause image does
 
 Every entry has mtime 0 and uid/gid 0 and is written in sorted order, so the
 same busybox binary always gives the same bytes. A stamp (the hash of the
@@ -26,6 +29,10 @@ import tarfile
 
 BUSYBOX = "/bin/busybox"
 IMAGE_NAME = "localhost/kata-rs-busybox:latest"
+PAUSE_NAME = "localhost/kata-rs-pause:latest"
+# PID 1 of a pod's sandbox container: reaps, waits, and ends on TERM (the
+# kernel drops signals to a PID 1 without a handler).
+PAUSE_CMD = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
@@ -114,12 +121,12 @@ def blob(data):
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
-def oci_archive(layer):
+def oci_archive(layer, name, cmd):
     layer_digest, _ = blob(layer)
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": [PATH_ENV], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "config": {"Env": [PATH_ENV], "Cmd": cmd, "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }
     config_digest, config_bytes = blob(json.dumps(config, sort_keys=True).encode())
@@ -148,7 +155,7 @@ def oci_archive(layer):
                 "digest": manifest_digest,
                 "size": len(manifest_bytes),
                 "annotations": {
-                    "io.containerd.image.name": IMAGE_NAME,
+                    "io.containerd.image.name": name,
                     "org.opencontainers.image.ref.name": "latest",
                 },
             }
@@ -192,7 +199,11 @@ def main():
         shutil.rmtree(rootfs, ignore_errors=True)
         write_rootfs(tree, rootfs)
         layer = rootfs_tar(tree)
-        for name, data in (("busybox-rootfs.tar", layer), ("busybox-oci.tar", oci_archive(layer))):
+        for name, data in (
+            ("busybox-rootfs.tar", layer),
+            ("busybox-oci.tar", oci_archive(layer, IMAGE_NAME, ["/bin/sh"])),
+            ("pause-oci.tar", oci_archive(layer, PAUSE_NAME, PAUSE_CMD)),
+        ):
             with open(os.path.join(out, name + ".new"), "wb") as f:
                 f.write(data)
             os.replace(os.path.join(out, name + ".new"), os.path.join(out, name))

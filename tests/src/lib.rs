@@ -7,6 +7,7 @@
 //! `--ignored` where KVM boots a standard guest (hardware, or the emulated
 //! KVM host).
 
+pub mod cri;
 pub mod oci;
 pub mod peers;
 

@@ -637,21 +637,31 @@ impl Drop for Podman {
     }
 }
 
-/// A containerd of one test's own (own root, state, sockets, config; no CRI
-/// plugin) with the busybox image imported, whose `ctr run` uses either
-/// the default runc shim with `--runc-binary` set to one OCI runtime, or
-/// kata-rs's shim v2. Stopped, with everything it mounted or started, when
-/// dropped.
+/// A containerd of one test's own (own root, state, sockets, config) with
+/// the busybox image imported, whose `ctr run` uses either the default runc
+/// shim with `--runc-binary` set to one OCI runtime, or kata-rs's shim v2;
+/// or whose CRI plugin serves the runtime handlers `runc` and `kata-rs`.
+/// Stopped, with everything it mounted or started, when dropped.
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
+    /// Where containerd finds containerd-shim-kata-rs-v2.
+    shim_dir: Option<PathBuf>,
     /// What `ctr run` gets to choose the runtime.
     runtime_args: Vec<String>,
+    /// The containerd namespace ctr works in.
+    namespace: &'static str,
     ids: Vec<String>,
 }
 
 /// ctr namespace of the tests' containers.
 const CTR_NAMESPACE: &str = "kata-rs-tests";
+/// The containerd namespace of CRI's pods and images.
+const CRI_NAMESPACE: &str = "k8s.io";
+/// The pods' sandbox image (tests/images/build-busybox.py builds it).
+pub const PAUSE_IMAGE: &str = "localhost/kata-rs-pause:latest";
+/// The test CNI plugin, which also serves as `loopback`.
+const CNI_PLUGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cni/kata-rs-test-net");
 
 impl Containerd {
     /// With the runc shim running `runtime`.
@@ -660,66 +670,138 @@ impl Containerd {
             "--runc-binary".into(),
             runtime.to_string_lossy().into_owned(),
         ];
-        Self::launch(args, None)
+        Self::launch(args, None, false)
     }
 
     /// With the shim `containerd-shim-kata-rs-v2` found in `shim_dir`.
     pub fn start_with_shim(shim_dir: &Path) -> Self {
         let args = vec!["--runtime".into(), "io.containerd.kata-rs.v2".into()];
-        Self::launch(args, Some(shim_dir))
+        Self::launch(args, Some(shim_dir), false)
     }
 
-    fn launch(runtime_args: Vec<String>, shim_dir: Option<&Path>) -> Self {
+    /// With the CRI plugin, as a Kubernetes node has it: runtime handlers
+    /// `runc` (the reference) and `kata-rs` (the shim in `shim_dir`, with
+    /// the configuration file KATA_RS_CONFIG names as its ConfigPath), the
+    /// test CNI plugin and the pause image. See [`Containerd::cri`].
+    pub fn start_with_cri(shim_dir: &Path) -> Self {
+        Self::launch(Vec::new(), Some(shim_dir), true)
+    }
+
+    fn launch(runtime_args: Vec<String>, shim_dir: Option<&Path>, cri: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kata-rs-containerd-")
             .tempdir()
             .unwrap();
         let d = dir.path().display();
-        let config = format!(
+        // Top-level keys come before the first table.
+        let disabled = if cri {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\""
+        };
+        let mut config = format!(
             "version = 2\n\
              root = \"{d}/root\"\n\
              state = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             disabled_plugins = [{disabled}]\n\
              [grpc]\n  address = \"{d}/containerd.sock\"\n\
              [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
              [debug]\n  address = \"\"\n  level = \"debug\"\n\
              [metrics]\n  address = \"\"\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n"
         );
+        if cri {
+            config += &cri_config(dir.path());
+        }
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        let log = File::create(dir.path().join("containerd.log")).unwrap();
+        let mut containerd = Self {
+            dir,
+            daemon: None,
+            shim_dir: shim_dir.map(Path::to_path_buf),
+            runtime_args,
+            namespace: if cri { CRI_NAMESPACE } else { CTR_NAMESPACE },
+            ids: Vec::new(),
+        };
+        containerd.spawn_daemon();
+        let archives: &[&str] = if cri {
+            &["busybox-oci.tar", "pause-oci.tar"]
+        } else {
+            &["busybox-oci.tar"]
+        };
+        for archive in archives {
+            run_ok(&mut containerd.ctr(&[
+                "images",
+                "import",
+                &images().join(archive).to_string_lossy(),
+            ]));
+        }
+        if cri {
+            containerd.wait_for_cri();
+        }
+        containerd
+    }
+
+    /// Starts the daemon (again) and waits until it serves.
+    fn spawn_daemon(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))
+            .unwrap();
         let mut daemon = Command::new("containerd");
-        if let Some(shim_dir) = shim_dir {
+        if let Some(shim_dir) = &self.shim_dir {
             // containerd looks for a shim binary in its PATH.
             let path = std::env::var("PATH").unwrap_or_default();
             daemon.env("PATH", format!("{}:{path}", shim_dir.display()));
         }
         let daemon = daemon
             .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .current_dir(dir.path())
+            .arg(self.dir.path().join("config.toml"))
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0)
             .spawn()
             .expect("start containerd");
-        let containerd = Self {
-            dir,
-            daemon: Some(daemon),
-            runtime_args,
-            ids: Vec::new(),
-        };
+        self.daemon = Some(daemon);
         wait_until(TIMEOUT, "containerd to serve", || {
-            containerd.address().exists()
-                && run(&mut containerd.ctr(&["version"]), None).code == Some(0)
+            self.address().exists() && run(&mut self.ctr(&["version"]), None).code == Some(0)
         });
-        run_ok(&mut containerd.ctr(&[
-            "images",
-            "import",
-            &images().join("busybox-oci.tar").to_string_lossy(),
-        ]));
-        containerd
+    }
+
+    fn wait_for_cri(&self) {
+        let client = self.cri();
+        wait_until(
+            TIMEOUT,
+            "CRI to report the runtime and network ready",
+            || client.ready().unwrap_or(false),
+        );
+    }
+
+    /// Stops the daemon alone (SIGTERM; its shims keep running, as on a
+    /// node where containerd restarts) and starts it again.
+    pub fn restart(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
+            let _ = daemon.wait();
+        }
+        let _ = std::fs::remove_file(self.address());
+        self.spawn_daemon();
+        if self.namespace == CRI_NAMESPACE {
+            self.wait_for_cri();
+        }
+    }
+
+    /// A CRI client of this containerd (started with
+    /// [`Containerd::start_with_cri`]).
+    pub fn cri(&self) -> crate::cri::Cri {
+        crate::cri::Cri::connect(&self.address()).expect("connect to containerd's CRI socket")
+    }
+
+    /// The log containerd and its shims wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
     fn address(&self) -> PathBuf {
@@ -731,7 +813,7 @@ impl Containerd {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.address())
-            .args(["--namespace", CTR_NAMESPACE])
+            .args(["--namespace", self.namespace])
             .args(args);
         cmd
     }
@@ -777,6 +859,16 @@ impl Containerd {
     /// each ctr command answered.
     fn remove_all(&self) -> Vec<Outcome> {
         let mut answers = Vec::new();
+        // CRI's pods: stopped and removed as a kubelet would, so that CNI
+        // takes their veths and CRI their namespaces.
+        if self.namespace == CRI_NAMESPACE {
+            if let Ok(cri) = crate::cri::Cri::connect(&self.address()) {
+                for pod in cri.pods().unwrap_or_default() {
+                    let _ = cri.stop_pod(&pod);
+                    let _ = cri.remove_pod(&pod);
+                }
+            }
+        }
         for id in &self.ids {
             for args in [
                 &["task", "kill", "--signal", "SIGKILL", id][..],
@@ -815,8 +907,7 @@ impl Drop for Containerd {
         if std::thread::panicking() {
             // What containerd and its shims said last: the failing test's
             // only view of the shim's side.
-            let log =
-                std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+            let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!(
                 "--- the last lines of containerd's log:\n{}",
@@ -843,6 +934,51 @@ impl Drop for Containerd {
         }
         unmount_under(self.dir.path());
     }
+}
+
+/// containerd's CRI plugin configured as a node running kata-rs would be
+/// (docs/howto-kubernetes.md shows the same stanza), with CNI from `dir`:
+/// the test plugin under its own name and as `loopback`, one network.
+fn cri_config(dir: &Path) -> String {
+    let bin = dir.join("cni/bin");
+    let conf = dir.join("cni/conf");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    for name in ["kata-rs-test-net", "loopback"] {
+        std::os::unix::fs::symlink(CNI_PLUGIN, bin.join(name)).unwrap();
+    }
+    std::fs::write(
+        conf.join("10-kata-rs-test.conflist"),
+        r#"{"cniVersion": "1.0.0", "name": "kata-rs-test",
+            "plugins": [{"type": "kata-rs-test-net", "subnet": "10.213.0.0/16"}]}"#,
+    )
+    .unwrap();
+    let config_path = std::env::var("KATA_RS_CONFIG").unwrap_or_default();
+    // restrict_oom_score_adj: root has no CAP_SYS_RESOURCE on these hosts,
+    // so the pause container's -998 could not be set (not even by runc).
+    let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+    format!(
+        "[{cri}]\n\
+         \x20 sandbox_image = \"{PAUSE_IMAGE}\"\n\
+         \x20 stream_server_address = \"127.0.0.1\"\n\
+         \x20 disable_apparmor = true\n\
+         \x20 restrict_oom_score_adj = true\n\
+         [{cri}.containerd]\n\
+         \x20 default_runtime_name = \"runc\"\n\
+         [{cri}.containerd.runtimes.runc]\n\
+         \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+         [{cri}.containerd.runtimes.runc.options]\n\
+         \x20 BinaryName = \"{RUNC}\"\n\
+         [{cri}.containerd.runtimes.kata-rs]\n\
+         \x20 runtime_type = \"io.containerd.kata-rs.v2\"\n\
+         [{cri}.containerd.runtimes.kata-rs.options]\n\
+         \x20 ConfigPath = \"{config_path}\"\n\
+         [{cri}.cni]\n\
+         \x20 bin_dir = \"{}\"\n\
+         \x20 conf_dir = \"{}\"\n",
+        bin.display(),
+        conf.display()
+    )
 }
 
 // The container-side halves of behaviours both peers test.

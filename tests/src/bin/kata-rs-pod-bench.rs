@@ -1,0 +1,248 @@
+//! Pod benchmark through containerd's CRI plugin, the runtime handlers
+//! `kata-rs` and `runc` side by side in one containerd:
+//!
+//! - pod start: RunPodSandbox, then CreateContainer and StartContainer of
+//!   one container, until CRI reports it running (median of --runs);
+//! - host memory per running pod: the PSS of its host processes (kata-rs:
+//!   the shim, the VMM and virtiofsd; runc: the shim and the processes in
+//!   the pod's cgroups);
+//! - pods per minute with --concurrency pods started and removed at once.
+//!
+//! Run it through tests/bench/pods.sh (KATA_RS_CONFIG names the kata-rs
+//! configuration, --shim-dir where containerd-shim-kata-rs-v2 is).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kata_rs_tests::cri::{self, v1::ContainerState, Cri};
+use kata_rs_tests::oci::processes_mentioning;
+use kata_rs_tests::peers::{Containerd, IMAGE};
+
+const HANDLERS: [&str; 2] = ["kata-rs", "runc"];
+
+struct Args {
+    shim_dir: PathBuf,
+    runs: usize,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        shim_dir: PathBuf::new(),
+        runs: 5,
+        concurrency: 2,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            // containerd runs elsewhere: it needs the absolute path.
+            "--shim-dir" => {
+                args.shim_dir =
+                    std::fs::canonicalize(&value).with_context(|| format!("--shim-dir {value}"))?
+            }
+            "--runs" => args.runs = value.parse().context("--runs")?,
+            "--concurrency" => args.concurrency = value.parse().context("--concurrency")?,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if !args.shim_dir.join("containerd-shim-kata-rs-v2").exists() {
+        bail!("--shim-dir must name the directory of containerd-shim-kata-rs-v2");
+    }
+    if args.runs == 0 || args.concurrency == 0 {
+        bail!("--runs and --concurrency must be at least 1");
+    }
+    Ok(args)
+}
+
+/// A running pod of one sleeping container.
+struct Pod {
+    id: String,
+    container: String,
+}
+
+fn start_pod(cri: &Cri, handler: &str, name: &str, logs: &Path) -> Result<Pod> {
+    let dir = logs.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let config = cri::pod_config(name, &dir);
+    let id = cri
+        .run_pod(&config, handler)
+        .map_err(|e| anyhow::anyhow!("RunPodSandbox {name}: {e}"))?;
+    let container = cri
+        .create_container(
+            &id,
+            &cri::container_config("sleeper", IMAGE, &["sleep", "3600"]),
+            &config,
+        )
+        .map_err(|e| anyhow::anyhow!("CreateContainer in {name}: {e}"))?;
+    cri.start_container(&container)
+        .map_err(|e| anyhow::anyhow!("StartContainer in {name}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while cri
+        .container_status(&container)
+        .map_or(true, |s| s.state != ContainerState::ContainerRunning as i32)
+    {
+        if Instant::now() > deadline {
+            bail!("the container of {name} did not run");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Pod { id, container })
+}
+
+fn remove_pod(cri: &Cri, pod: &Pod) -> Result<()> {
+    cri.stop_pod(&pod.id)
+        .map_err(|e| anyhow::anyhow!("StopPodSandbox: {e}"))?;
+    cri.remove_pod(&pod.id)
+        .map_err(|e| anyhow::anyhow!("RemovePodSandbox: {e}"))?;
+    Ok(())
+}
+
+fn pss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The host processes that stand for `pod`: pid and name.
+fn pod_processes(handler: &str, pod: &Pod) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = processes_mentioning(&pod.id)
+        .into_iter()
+        .filter_map(|p| {
+            let (pid, cmd) = p.split_once(':')?;
+            Some((pid.to_owned(), cmd.split_whitespace().next()?.to_owned()))
+        })
+        .collect();
+    if handler == "runc" {
+        // runc's containers run on the host: the processes in the pod's
+        // cgroups (the pause container's and the sleeper's).
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            if cgroup.contains(&pod.id) || cgroup.contains(&pod.container) {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                if !found.iter().any(|(p, _)| *p == pid) {
+                    found.push((pid, comm.trim().to_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let containerd = Containerd::start_with_cri(&args.shim_dir);
+    let cri = containerd.cri();
+    let logs = tempfile::Builder::new()
+        .prefix("kata-rs-pod-bench-")
+        .tempdir()?;
+
+    let mut start_ms = Vec::new();
+    let mut pss_mib = Vec::new();
+    for handler in HANDLERS {
+        // One warm-up pod: images unpacked, caches filled.
+        let warm = start_pod(&cri, handler, &format!("warm-{handler}"), logs.path())?;
+        remove_pod(&cri, &warm)?;
+        let mut times = Vec::new();
+        for run in 0..args.runs {
+            let t = Instant::now();
+            // A failed start is reported and left out: in the emulated KVM
+            // host a guest now and then stalls (tests/emulated-host/README.md).
+            let pod = match start_pod(&cri, handler, &format!("{handler}-{run}"), logs.path()) {
+                Ok(pod) => pod,
+                Err(e) => {
+                    println!("failed start, left out: {e:#}");
+                    continue;
+                }
+            };
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            if pss_mib.len() < start_ms.len() + 1 {
+                let procs = pod_processes(handler, &pod);
+                let total: u64 = procs.iter().map(|(pid, _)| pss_kib(pid)).sum();
+                println!("host PSS of one running pod, handler {handler}:");
+                for (pid, name) in &procs {
+                    println!(
+                        "  {name} (pid {pid}): {:.1} MiB",
+                        pss_kib(pid) as f64 / 1024.0
+                    );
+                }
+                pss_mib.push(total as f64 / 1024.0);
+            }
+            remove_pod(&cri, &pod)?;
+        }
+        if times.is_empty() {
+            bail!("no pod of handler {handler} started");
+        }
+        println!("{handler}: {} of {} starts timed", times.len(), args.runs);
+        start_ms.push(median(times));
+    }
+    println!();
+    println!("| metric | kata-rs | runc | kata-rs/runc |");
+    println!("|---|---|---|---|");
+    println!(
+        "| pod start to container running (median of {}) | {:.0} ms | {:.0} ms | {:.2}x |",
+        args.runs,
+        start_ms[0],
+        start_ms[1],
+        start_ms[0] / start_ms[1]
+    );
+    println!(
+        "| host PSS per running pod | {:.1} MiB | {:.1} MiB | {:.2}x |",
+        pss_mib[0],
+        pss_mib[1],
+        pss_mib[0] / pss_mib[1]
+    );
+
+    let mut per_minute = Vec::new();
+    for handler in HANDLERS {
+        let t = Instant::now();
+        let rounds = args.runs.div_ceil(args.concurrency);
+        let mut done = 0;
+        for round in 0..rounds {
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..args.concurrency)
+                    .map(|i| {
+                        let (cri, logs) = (&cri, logs.path());
+                        scope.spawn(move || -> Result<()> {
+                            let name = format!("par-{handler}-{round}-{i}");
+                            let pod = start_pod(cri, handler, &name, logs)?;
+                            remove_pod(cri, &pod)
+                        })
+                    })
+                    .collect();
+                for t in threads {
+                    match t.join() {
+                        Ok(Ok(())) => done += 1,
+                        Ok(Err(e)) => println!("failed pod, not counted: {e:#}"),
+                        Err(_) => println!("a pod thread panicked"),
+                    }
+                }
+            });
+        }
+        per_minute.push(done as f64 / t.elapsed().as_secs_f64() * 60.0);
+    }
+    println!(
+        "| pods per minute, {} at once | {:.1} | {:.1} | {:.2}x |",
+        args.concurrency,
+        per_minute[0],
+        per_minute[1],
+        per_minute[0] / per_minute[1]
+    );
+    containerd.finish();
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! Kubernetes' path to kata-rs: containerd's CRI plugin with the runtime
+//! handler `kata-rs`, driven over the CRI API as a kubelet drives it, with
+//! a CNI plugin (tests/cni/) giving each pod a veth as CNI plugins do.
+//!
+//! In VM mode (KATA_RS_TEST_ISOLATION=vm, where tests/run.sh runs VM tests)
+//! pods run with the handler `kata-rs`, one microVM each. Elsewhere the same
+//! tests run with the handler `runc`: the reference, which also proves the
+//! harness (CNI plugin, pause image, CRI client) against a known-good
+//! runtime; the shim does not serve namespace isolation yet.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kata_rs_tests::cri::v1::*;
+use kata_rs_tests::cri::{self, Cri};
+use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary};
+use kata_rs_tests::peers::{wait_until, Containerd, IMAGE, TIMEOUT};
+
+/// Where the CRI tests run: a containerd with its CRI plugin, and the
+/// runtime handler pods get.
+struct Node {
+    containerd: Containerd,
+    cri: Cri,
+    handler: &'static str,
+    logs: tempfile::TempDir,
+}
+
+fn node() -> Node {
+    let handler = if isolation() == "vm" {
+        "kata-rs"
+    } else {
+        "runc"
+    };
+    println!("runtime handler: {handler}");
+    let shim_dir = runtime_binary()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("the runtime binary's directory");
+    let containerd = Containerd::start_with_cri(&shim_dir);
+    let cri = containerd.cri();
+    Node {
+        containerd,
+        cri,
+        handler,
+        logs: tempfile::Builder::new()
+            .prefix("kata-rs-cri-logs-")
+            .tempdir()
+            .unwrap(),
+    }
+}
+
+impl Node {
+    fn vm(&self) -> bool {
+        self.handler == "kata-rs"
+    }
+
+    fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let log_directory = self.logs.path().join(name);
+        std::fs::create_dir_all(&log_directory).unwrap();
+        cri::pod_config(name, &log_directory)
+    }
+
+    /// Creates and starts container `name` running `cmd` in `pod`.
+    fn start(&self, pod: &str, pod_config: &PodSandboxConfig, name: &str, cmd: &[&str]) -> String {
+        let config = cri::container_config(name, IMAGE, cmd);
+        let id = self
+            .cri
+            .create_container(pod, &config, pod_config)
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+        self.cri
+            .start_container(&id)
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        id
+    }
+
+    /// Runs `cmd` in container `id`; its exit code and stdout.
+    fn exec(&self, id: &str, cmd: &[&str]) -> (i32, String) {
+        let out = self
+            .cri
+            .exec_sync(id, cmd)
+            .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"));
+        (
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Stops and removes `pod`, then checks nothing of it is left on the
+    /// host: no process, no pod directory, no veth.
+    fn remove(&self, pod: &str) {
+        self.cri.stop_pod(pod).expect("StopPodSandbox");
+        self.cri.remove_pod(pod).expect("RemovePodSandbox");
+        wait_until(TIMEOUT, "the pod's host processes to end", || {
+            processes_mentioning(pod).is_empty()
+        });
+        assert!(!pod_dir(pod).exists(), "the pod directory is left");
+        let host_end = host_veth(pod);
+        assert!(
+            !Path::new("/sys/class/net").join(&host_end).exists(),
+            "the pod's veth {host_end} is left"
+        );
+    }
+
+    /// Checks CRI and containerd know of no pod and no container, and that
+    /// containerd leaves nothing when it stops.
+    fn finish(self) {
+        assert_eq!(self.cri.pods().unwrap(), Vec::<String>::new(), "pods left");
+        assert_eq!(
+            self.cri.containers().unwrap(),
+            Vec::<String>::new(),
+            "containers left"
+        );
+        self.containerd.finish();
+    }
+
+    /// Runs pod `name` with one container running `sleep`: their ids.
+    fn sleeping_pod(&self, name: &str) -> (String, String) {
+        let config = self.pod_config(name);
+        let pod = self
+            .cri
+            .run_pod(&config, self.handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"));
+        let id = self.start(&pod, &config, "sleeper", &["sleep", "1000"]);
+        (pod, id)
+    }
+
+    fn boot_id(&self, id: &str) -> String {
+        self.exec(id, &["cat", "/proc/sys/kernel/random/boot_id"]).1
+    }
+}
+
+/// The directory kata-rs's shim keeps for a pod while it runs.
+fn pod_dir(pod: &str) -> PathBuf {
+    Path::new("/run/kata-rs/pods").join(pod)
+}
+
+/// The host end of the veth the test CNI plugin made for `pod`'s eth0.
+fn host_veth(pod: &str) -> String {
+    use std::io::Write;
+    let mut sum = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sum.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{pod}eth0").as_bytes())
+        .unwrap();
+    let out = sum.wait_with_output().unwrap();
+    format!("krs{}", &String::from_utf8_lossy(&out.stdout)[..12])
+}
+
+/// GET `path` from an HTTP server at `addr`: the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("connect to {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_else(|| panic!("no HTTP response from {addr}: {response:?}"))
+}
+
+/// An HTTP server on `ip` that answers one request with `body`: its
+/// address, and the thread that ends after answering.
+fn serve_once(ip: Ipv4Addr, body: &'static str) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("listen on {ip}: {e}"));
+    let addr = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request).unwrap();
+        write!(
+            stream,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    });
+    (addr, thread)
+}
+
+#[test]
+fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
+    let node = node();
+    let config = node.pod_config("web");
+    let pod = node
+        .cri
+        .run_pod(&config, node.handler)
+        .expect("RunPodSandbox");
+    let web = node.start(
+        &pod,
+        &config,
+        "web",
+        &[
+            "sh",
+            "-c",
+            "mkdir /www && echo hello-from-web >/www/index && echo web-ready && \
+             exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    let client = node.start(
+        &pod,
+        &config,
+        "client",
+        &["sh", "-c", "echo to-err >&2; exec sleep 1000"],
+    );
+
+    // The second container reaches the first on the pod's localhost.
+    let deadline = Instant::now() + TIMEOUT;
+    let fetched = loop {
+        let (code, out) = node.exec(&client, &["wget", "-qO-", "http://127.0.0.1:8080/index"]);
+        if code == 0 || Instant::now() > deadline {
+            break (code, out);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(fetched, (0, "hello-from-web\n".into()));
+
+    // The pod's network is CNI's: the host reaches the pod's address, and
+    // the pod reaches the host end of its veth.
+    let pod_ip: Ipv4Addr = node
+        .cri
+        .pod_status(&pod)
+        .expect("PodSandboxStatus")
+        .network
+        .map(|n| n.ip)
+        .unwrap_or_default()
+        .parse()
+        .expect("the pod's IPv4 address");
+    assert_eq!(
+        http_get(SocketAddr::from((pod_ip, 8080)), "/index"),
+        "hello-from-web\n"
+    );
+    let host_end = Ipv4Addr::from(u32::from(pod_ip) - 1);
+    let server = serve_once(host_end, "hello-from-the-host\n");
+    let url = format!("http://{}/", server.0);
+    assert_eq!(
+        node.exec(&client, &["wget", "-qO-", &url]),
+        (0, "hello-from-the-host\n".into())
+    );
+    server.1.join().unwrap();
+
+    // One kernel under both; in VM mode, not the host's, and one VMM.
+    let boot_id = |id: &str| node.exec(id, &["cat", "/proc/sys/kernel/random/boot_id"]).1;
+    assert_eq!(boot_id(&web), boot_id(&client));
+    if node.vm() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        assert_ne!(boot_id(&web), host, "the pod runs on the host's kernel");
+        let vmms: Vec<String> = processes_mentioning(&format!("{}/", pod_dir(&pod).display()))
+            .into_iter()
+            .filter(|p| p.contains("kata-rs-vmm"))
+            .collect();
+        assert_eq!(vmms.len(), 1, "one VMM for the pod: {vmms:?}");
+    }
+
+    // The pod's hostname and DNS, and an exec's own exit code.
+    assert_eq!(node.exec(&client, &["hostname"]), (0, "web\n".into()));
+    let (_, resolv) = node.exec(&client, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 10.213.255.254") && resolv.contains("search kata-rs.test"),
+        "{resolv:?}"
+    );
+    assert_eq!(node.exec(&client, &["sh", "-c", "exit 7"]).0, 7);
+
+    // Logs in CRI's format at the path CRI asked for: time, stream, tag.
+    let log = |name: &str| {
+        std::fs::read_to_string(Path::new(&config.log_directory).join(format!("{name}.log")))
+            .unwrap_or_default()
+    };
+    wait_until(TIMEOUT, "the containers' logs", || {
+        log("web").contains(" stdout F web-ready\n") && log("client").contains(" stderr F to-err\n")
+    });
+
+    let status = node.cri.container_status(&web).expect("ContainerStatus");
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    let stats = node.cri.container_stats(&web).expect("ContainerStats");
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value)
+        .unwrap_or(0);
+    assert!(memory > 0, "no memory use in the stats: {stats:?}");
+
+    node.remove(&pod);
+    node.finish();
+}
+
+#[test]
+fn pods_keep_running_across_a_containerd_restart() {
+    let mut node = node();
+    let (pod, id) = node.sleeping_pod("restart");
+    let boot_id = node.boot_id(&id);
+    node.containerd.restart();
+    node.cri = node.containerd.cri();
+    let status = node.cri.container_status(&id).expect("ContainerStatus");
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        node.boot_id(&id),
+        boot_id,
+        "not the same kernel after the restart"
+    );
+    node.remove(&pod);
+    node.finish();
+}
+
+#[test]
+fn a_killed_vmm_ends_the_pods_containers_and_leaves_nothing() {
+    let node = node();
+    if !node.vm() {
+        println!("SKIP: the runc handler has no VMM to kill");
+        return;
+    }
+    let (pod, id) = node.sleeping_pod("vmm-killed");
+    let vmms: Vec<i32> = processes_mentioning(&format!("{}/", pod_dir(&pod).display()))
+        .iter()
+        .filter(|p| p.contains("kata-rs-vmm"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(vmms.len(), 1, "one VMM for the pod");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmms[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(TIMEOUT, "CRI to see the container exited", || {
+        node.cri
+            .container_status(&id)
+            .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
+    });
+    node.remove(&pod);
+    node.finish();
+}
+
+#[test]
+fn pods_started_and_removed_side_by_side_keep_apart() {
+    let node = node();
+    // Bounded: a pod's boot in the emulated KVM host takes a minute.
+    let rounds = if node.vm() { 2 } else { 5 };
+    for round in 0..rounds {
+        let names = [format!("left-{round}"), format!("right-{round}")];
+        let seen: Vec<(String, String)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = names
+                .iter()
+                .map(|name| {
+                    let node = &node;
+                    scope.spawn(move || {
+                        let (pod, id) = node.sleeping_pod(name);
+                        let hostname = node.exec(&id, &["hostname"]).1;
+                        let boot_id = node.boot_id(&id);
+                        node.remove(&pod);
+                        (hostname, boot_id)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for ((hostname, _), name) in seen.iter().zip(&names) {
+            assert_eq!(
+                hostname.trim(),
+                name,
+                "a container saw another pod's hostname"
+            );
+        }
+        if node.vm() {
+            assert_ne!(seen[0].1, seen[1].1, "two pods shared a VM");
+        }
+    }
+    node.finish();
+}
