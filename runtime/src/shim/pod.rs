@@ -34,30 +34,43 @@ pub struct Exited {
     pub oom_killed: bool,
 }
 
-/// Where a process's exit is waited for by any number of callers.
+/// Where a process's exit is waited for by any number of callers. The exit
+/// is recorded first (so that State and Delete see the process stopped as
+/// soon as its exit event can be out), then released to the waiters once
+/// the event is out (so that Wait returns after it).
 #[derive(Default)]
 pub struct ExitCell {
-    exited: Mutex<Option<Exited>>,
+    state: Mutex<(Option<Exited>, bool)>,
     cond: Condvar,
 }
 
 impl ExitCell {
-    fn set(&self, exited: Exited) {
-        *self.exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(exited);
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Exited>, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, exited: Exited) {
+        self.lock().0 = Some(exited);
+    }
+
+    fn release(&self) {
+        self.lock().1 = true;
         self.cond.notify_all();
     }
 
+    /// The exit, once recorded.
     pub fn get(&self) -> Option<Exited> {
-        *self.exited.lock().unwrap_or_else(|e| e.into_inner())
+        self.lock().0
     }
 
+    /// The exit, once released.
     pub fn wait(&self) -> Exited {
-        let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         loop {
-            if let Some(e) = *exited {
+            if let (Some(e), true) = *state {
                 return e;
             }
-            exited = self.cond.wait(exited).unwrap_or_else(|e| e.into_inner());
+            state = self.cond.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -463,10 +476,12 @@ impl Pod {
                 oom_killed,
             };
             stdio::join_bounded(outputs, monitor::DRAIN_BOUND);
-            // The exit event goes out before Wait returns, so a Delete that
-            // follows Wait cannot publish its event first.
+            // Recorded before the exit event goes out: CRI deletes a task as
+            // soon as it sees that event. Released after it: Wait returns,
+            // and Delete publishes its own event, only once it is out.
+            exit.record(exited);
             on_exit(exited);
-            exit.set(exited);
+            exit.release();
         });
         Ok(())
     }
@@ -797,6 +812,24 @@ mod tests {
                                     "io.kubernetes.cri.sandbox-cpu-period": "100000"}}),
         );
         assert_eq!((plain.vcpus, plain.memory_mib), (1, 256));
+    }
+
+    #[test]
+    fn an_exit_is_seen_when_recorded_and_waited_for_once_released() {
+        let cell = Arc::new(ExitCell::default());
+        let exited = Exited {
+            status: 3,
+            at: SystemTime::now(),
+            oom_killed: false,
+        };
+        cell.record(exited);
+        assert_eq!(cell.get().map(|e| e.status), Some(3));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = Arc::clone(&cell);
+        std::thread::spawn(move || tx.send(waiter.wait().status).unwrap());
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        cell.release();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(3));
     }
 
     #[test]

@@ -225,8 +225,16 @@ impl Task for Service {
         tracing::info!(id = %req.id, exec_id = %req.exec_id, "delete");
         let mut pod = self.pod();
         let pid = pod.vmm_pid();
+        let cell = pod
+            .container(&req.id)
+            .and_then(|c| c.process(&req.exec_id))
+            .map(|p| Arc::clone(&p.exit));
         let exited = pod.delete(&req.id, &req.exec_id).map_err(to_ttrpc)?;
         drop(pod);
+        // The exit event of a process that ran goes out before this one.
+        if let (Some(_), Ok(cell)) = (exited, cell) {
+            cell.wait();
+        }
         let (status, at) = exited
             .map(|e| (e.status, e.at))
             .unwrap_or((0, SystemTime::now()));
