@@ -32,9 +32,25 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
 /// Brings the loopback up (as CNI's loopback plugin does on a host), then
 /// each interface and the routes.
 pub fn setup_pod_network(req: &SetupPodNetworkRequest) -> Result<()> {
+    validate(req)?;
     link_set_up("lo", true).map_err(io_err("bring lo up"))?;
-    for iface in &req.interfaces {
-        set_up_interface(iface)?;
+    // Every NIC to be renamed first gets a name of its own, so that two
+    // NICs trading names never meet one taken.
+    let mut current = Vec::new();
+    for (i, iface) in req.interfaces.iter().enumerate() {
+        let nic = nic_with_mac(parse_mac(&iface.mac)?)?;
+        if nic == iface.name {
+            current.push(nic);
+            continue;
+        }
+        let interim = format!("krs-nic{i}");
+        // A NIC is renamed only while it is down.
+        link_set_up(&nic, false).map_err(io_err(format!("take {nic} down")))?;
+        rename(&nic, &interim).map_err(io_err(format!("rename {nic} to {interim}")))?;
+        current.push(interim);
+    }
+    for (iface, nic) in req.interfaces.iter().zip(&current) {
+        set_up_interface(iface, nic)?;
     }
     // Routes on the link first: a gateway must be reachable before a route
     // through it goes in (Calico's default route is via a link-local
@@ -47,20 +63,34 @@ pub fn setup_pod_network(req: &SetupPodNetworkRequest) -> Result<()> {
     Ok(())
 }
 
-fn set_up_interface(iface: &Interface) -> Result<()> {
-    let mac = parse_mac(&iface.mac)?;
+/// Checks the whole request before anything changes.
+fn validate(req: &SetupPodNetworkRequest) -> Result<()> {
+    for iface in &req.interfaces {
+        check_name(&iface.name)?;
+        parse_mac(&iface.mac)?;
+        for address in &iface.addresses {
+            parse_cidr(address)?;
+        }
+    }
+    for route in &req.routes {
+        parse_cidr(&route.destination)?;
+        parse_gateway(&route.gateway)?;
+        check_name(&route.device)?;
+    }
+    Ok(())
+}
+
+/// Gives NIC `current` (down, if it is to be renamed) the interface's name,
+/// MTU and addresses, and brings it up.
+fn set_up_interface(iface: &Interface, current: &str) -> Result<()> {
     let addresses = iface
         .addresses
         .iter()
         .map(|a| parse_cidr(a))
         .collect::<Result<Vec<_>>>()?;
-    let current = nic_with_mac(mac)?;
     let name = &iface.name;
-    if &current != name {
-        check_name(name)?;
-        // A NIC is renamed only while it is down.
-        link_set_up(&current, false).map_err(io_err(format!("take {current} down")))?;
-        rename(&current, name).map_err(io_err(format!("rename {current} to {name}")))?;
+    if current != name {
+        rename(current, name).map_err(io_err(format!("rename {current} to {name}")))?;
     }
     if iface.mtu != 0 {
         let mut req = ifreq(name)?;
@@ -267,6 +297,16 @@ fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
     Ok((addr, prefix))
 }
 
+/// A route's gateway; "" for none.
+fn parse_gateway(text: &str) -> Result<Option<Ipv4Addr>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| NetworkError::Invalid(format!("gateway {text:?} is not an IPv4 address")))
+}
+
 fn parse_mac(text: &str) -> Result<[u8; 6]> {
     let bad = || NetworkError::Invalid(format!("{text:?} is not a MAC address"));
     let octets = text
@@ -377,6 +417,60 @@ mod tests {
             "{lo}"
         );
         assert!(lo.lines().all(|l| l.contains(",UP")), "{lo}");
+    }
+
+    #[test]
+    fn two_nics_trade_names() {
+        let links = in_new_netns(|| {
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "address",
+                "02:00:00:00:00:0a",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "p0",
+            ]);
+            ip(&[
+                "link",
+                "add",
+                "eth1",
+                "address",
+                "02:00:00:00:00:0b",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "p1",
+            ]);
+            let mut req = SetupPodNetworkRequest::new();
+            req.interfaces = vec![
+                interface("eth1", "02:00:00:00:00:0a", &["10.3.0.2/24"], 0),
+                interface("eth0", "02:00:00:00:00:0b", &["10.4.0.2/24"], 0),
+            ];
+            setup_pod_network(&req).unwrap();
+            ip(&["-o", "link", "show"])
+        });
+        let mac_of = |name: &str| {
+            links
+                .lines()
+                .find(|l| l.contains(&format!(" {name}@")))
+                .and_then(|l| l.split("link/ether ").nth(1))
+                .map(|m| m[..17].to_owned())
+        };
+        assert_eq!(
+            mac_of("eth1").as_deref(),
+            Some("02:00:00:00:00:0a"),
+            "{links}"
+        );
+        assert_eq!(
+            mac_of("eth0").as_deref(),
+            Some("02:00:00:00:00:0b"),
+            "{links}"
+        );
     }
 
     #[test]

@@ -189,6 +189,11 @@ fn open_taps(nets: &[NetConfig]) -> Result<Vec<Tap>, BuildError> {
         if nets[..i].iter().any(|n| n.backend == net.backend) {
             return Err(BuildError::DuplicateNet(net.backend.to_string()));
         }
+        // Two cards with one address would confuse the guest's ARP and the
+        // runtime's matching of NICs by MAC alike.
+        if nets[..i].iter().any(|n| n.mac == net.mac) {
+            return Err(BuildError::DuplicateNet(format!("MAC {}", net.mac)));
+        }
     }
     let mut order: Vec<usize> = (0..nets.len()).collect();
     order.sort_by_key(|&i| matches!(nets[i].backend, NetBackend::Tap(_)));

@@ -232,6 +232,17 @@ fn bad_network_devices() {
         &vmm(&["--kernel", k, "--net", net, "--net", net]),
         "tap fd 999 is given twice",
     );
+    assert_one_error(
+        &vmm(&[
+            "--kernel",
+            k,
+            "--net",
+            "tap=krs-a,mac=02:00:00:00:00:01",
+            "--net",
+            "tap=krs-b,mac=02:00:00:00:00:01",
+        ]),
+        "MAC 02:00:00:00:00:01 is given twice",
+    );
 
     for (bad, named) in [
         ("tap=tap0,mac=02:00:00:00:00:zz", "02:00:00:00:00:zz"),
