@@ -184,6 +184,21 @@ fn pod_vmms(pod: &str) -> Vec<String> {
         .collect()
 }
 
+/// SIGKILLs the one process in `processes` (as [`processes_mentioning`]
+/// lists them); there must be exactly one, `what`.
+fn kill_the_one(processes: &[String], what: &str) {
+    let pids: Vec<i32> = processes
+        .iter()
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 1, "one {what}: {processes:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
 /// Two running containers (`sleep`) of one pod: the sandbox container,
 /// which names its own pod as CRI's does, and a second one.
 fn pod_of_two(containerd: &mut Containerd) -> (String, String) {
@@ -217,21 +232,7 @@ fn a_killed_vmm_ends_every_container_of_its_pod() {
         return;
     };
     let (pod, second) = pod_of_two(&mut containerd);
-    let vmm: Vec<i32> = pod_vmms(&pod)
-        .iter()
-        .filter_map(|p| p.split(':').next()?.parse().ok())
-        .collect();
-    assert_eq!(
-        vmm.len(),
-        1,
-        "one VMM for the pod: {:?}",
-        pod_processes(&pod)
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(vmm[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_the_one(&pod_vmms(&pod), "VMM for the pod");
     wait_until(TIMEOUT, "both tasks to stop", || {
         containerd.task_status(&pod) == "STOPPED" && containerd.task_status(&second) == "STOPPED"
     });
@@ -276,17 +277,11 @@ fn a_killed_shim_leaves_nothing_once_containerd_cleans_up() {
     };
     let pod = containerd.id();
     run_ok(&mut containerd.run_command_as(&pod, &["-d", &in_pod(&pod)], &["sleep", "1000"]));
-    let shims: Vec<i32> = processes_mentioning(&format!("-id {pod} "))
-        .iter()
+    let shims: Vec<String> = processes_mentioning(&format!("-id {pod} "))
+        .into_iter()
         .filter(|p| p.contains("containerd-shim-kata-rs-v2"))
-        .filter_map(|p| p.split(':').next()?.parse().ok())
         .collect();
-    assert_eq!(shims.len(), 1, "one shim for the pod");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_the_one(&shims, "shim for the pod");
     // containerd sees its shim gone, runs `shim delete` in the bundle, and
     // reports the task stopped.
     wait_until(TIMEOUT, "containerd to clean up after the shim", || {

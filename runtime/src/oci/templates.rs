@@ -14,7 +14,7 @@ pub fn write_spec(bundle: &Path, rootless: bool) -> Result<()> {
     if path.exists() {
         bail!("{} already exists", path.display());
     }
-    let spec = if rootless {
+    let mut spec = if rootless {
         Spec::rootless(
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
@@ -23,9 +23,10 @@ pub fn write_spec(bundle: &Path, rootless: bool) -> Result<()> {
         Spec::default()
     };
     // As runc's template: an interactive shell on a terminal.
-    let mut value = serde_json::to_value(&spec)?;
-    value["process"]["terminal"] = true.into();
-    let text = serde_json::to_string_pretty(&value)?;
+    if let Some(process) = spec.process_mut() {
+        process.set_terminal(Some(true));
+    }
+    let text = serde_json::to_string_pretty(&spec)?;
     std::fs::write(&path, text + "\n").with_context(|| format!("write {}", path.display()))
 }
 
