@@ -36,12 +36,15 @@ run_step() {
 # passed yet (libtest-passed.py); the tests that passed in earlier attempts
 # are carried over into the tally, and each failed attempt's output stays
 # in the log, marked, without being counted. Each step's --timeout
-# (VM_STEP_TIMEOUT) is a few times its normal length, so that an emulated
-# host that hangs is cut short and the step retried; no attempt starts that
+# (VM_STEP_TIMEOUT) is a few times its normal length, and an attempt whose
+# tests write nothing for VM_STEP_STALL seconds (no test is quiet that long)
+# is cut short sooner, so that an emulated host that hangs costs minutes,
+# not the whole timeout, and the step is retried; no attempt starts that
 # could run past RETRY_BUDGET seconds since the start of this script, which
 # keeps the whole suite inside CI's 90 minutes.
 VM_STEP_ATTEMPTS=5
 VM_STEP_TIMEOUT=900
+VM_STEP_STALL=300
 RETRY_BUDGET=${KATA_RS_TEST_RETRY_BUDGET:-4800}
 run_vm_step() {
     local name=$1; shift
@@ -159,14 +162,14 @@ for line in sys.stdin:
 vm_tests=$(test_binary vm)
 # One at a time: the emulated host has two CPUs, and each guest keeps both
 # busy while it boots.
-run_vm_step "VM tests ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- "$vm_tests" --ignored --test-threads=1
+run_vm_step "VM tests ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" --stall "$VM_STEP_STALL" -- "$vm_tests" --ignored --test-threads=1
 
 # The OCI command-line tests again, each container in its own microVM.
-run_vm_step "OCI command line, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- \
+run_vm_step "OCI command line, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" --stall "$VM_STEP_STALL" -- \
     env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
     "$(test_binary oci_cli)" --test-threads=1 --nocapture
 
-run_vm_step "busybox demo, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" -- \
+run_vm_step "busybox demo, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" --stall "$VM_STEP_STALL" -- \
     env KATA_RS_CONFIG="$test_dir/test-vm.toml" PATH="$repo_root/target/debug:$PATH" \
     bash -c "$demo_check" demo "$repo_root" vm
 
@@ -175,7 +178,7 @@ run_vm_step "busybox demo, VM mode ($mode KVM)" run_with_kvm --timeout "$VM_STEP
 # tmpfs.
 for peer in ctr podman; do
     run_vm_step "real-peer tests ($peer), VM mode ($mode KVM)" \
-        run_with_kvm --timeout "$VM_STEP_TIMEOUT" --memory-mib 4096 -- \
+        run_with_kvm --timeout "$VM_STEP_TIMEOUT" --stall "$VM_STEP_STALL" --memory-mib 4096 -- \
         env KATA_RS_TEST_OCI_RUNTIME="$test_dir/kata-rs-vm" "$(test_binary "$peer")" \
         --test-threads=1 --nocapture
 done
@@ -183,14 +186,14 @@ done
 # containerd's shim v2 (containerd-shim-kata-rs-v2, next to kata-rs):
 # `ctr run --runtime io.containerd.kata-rs.v2`, each task in its microVM.
 run_vm_step "containerd shim v2 ($mode KVM)" \
-    run_with_kvm --timeout "$VM_STEP_TIMEOUT" --memory-mib 4096 -- \
+    run_with_kvm --timeout "$VM_STEP_TIMEOUT" --stall "$VM_STEP_STALL" --memory-mib 4096 -- \
     env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
     "$(test_binary shim)" --test-threads=1 --nocapture
 
 # containerd's CRI plugin with the runtime handler kata-rs: one microVM per
 # pod, driven as a kubelet drives it.
 run_vm_step "containerd CRI, kata-rs handler ($mode KVM)" \
-    run_with_kvm --timeout "$VM_STEP_TIMEOUT" --memory-mib 4096 -- \
+    run_with_kvm --timeout "$VM_STEP_TIMEOUT" --stall "$VM_STEP_STALL" --memory-mib 4096 -- \
     env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
     "$(test_binary cri)" --test-threads=1 --nocapture
 

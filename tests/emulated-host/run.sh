@@ -4,13 +4,13 @@
 # KVM even where this machine's own /dev/kvm cannot run a standard guest (see
 # README.md beside this script).
 #
-#   run.sh [--cpus N] [--memory-mib M] [--timeout S] [--share DIR]...
+#   run.sh [--cpus N] [--memory-mib M] [--timeout S] [--stall S] [--share DIR]...
 #          [--vfio-edu] -- COMMAND [ARGS...]
 #
 # The command sees this machine's root, read-only underneath and writable
 # through a tmpfs overlay that is thrown away; it runs as root with the
 # caller's cwd and exported environment; its stdout and stderr stream to the
-# caller's; run.sh exits with its exit status. 124: timed out. 125: the
+# caller's; run.sh exits with its exit status. 124: timed out or stalled. 125: the
 # emulated host itself failed (boot, missing cwd, bad usage).
 set -euo pipefail
 
@@ -21,6 +21,7 @@ prog=emulated-host
 cpus=2
 memory_mib=2048
 timeout_s=1800
+stall_s=0
 vfio_edu=false
 shares=()
 
@@ -31,6 +32,8 @@ usage: $0 [options] -- COMMAND [ARGS...]
   --memory-mib M   its memory in MiB (default $memory_mib)
   --timeout S      kill it after S seconds, boot included, and exit 124
                    (default $timeout_s; 0 means never)
+  --stall S        kill it once the command has written nothing for S
+                   seconds, and exit 124 (default 0: never)
   --share DIR      make the host directory DIR writable inside, at the same
                    path (repeatable); everything else written inside is lost
   --vfio-edu       add QEMU's intel-iommu and edu PCI device (1234:11e8) for
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
         --cpus) [ $# -ge 2 ] || usage; positive_int "$1" "$2"; cpus=$2; shift 2 ;;
         --memory-mib) [ $# -ge 2 ] || usage; positive_int "$1" "$2"; memory_mib=$2; shift 2 ;;
         --timeout) [ $# -ge 2 ] || usage; positive_int "$1" "$2"; timeout_s=$2; shift 2 ;;
+        --stall) [ $# -ge 2 ] || usage; positive_int "$1" "$2"; stall_s=$2; shift 2 ;;
         --share)
             [ $# -ge 2 ] || usage
             [ -d "$2" ] || die "--share $2: not a directory"
@@ -105,12 +109,14 @@ run_dir=$(mktemp -d "${TMPDIR:-/tmp}/emulated-host.XXXXXX")
 job="$run_dir/job"
 mkdir "$job"
 qemu_pid=
+watch_pid=
 relay_pids=()
 
 # Ends whatever is still running, by pid, and removes the run directory; runs
 # on every exit, including Ctrl-C and SIGTERM.
 # shellcheck disable=SC2317  # reached through the EXIT trap
 cleanup() {
+    stop_watch
     if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
         # timeout(1) passes TERM on to QEMU and kills it 5 s later if needed.
         kill -TERM "$qemu_pid" 2>/dev/null || true
@@ -118,6 +124,15 @@ cleanup() {
     fi
     release_relays
     rm -rf "$run_dir"
+}
+
+# shellcheck disable=SC2317  # reached through cleanup
+stop_watch() {
+    if [ -n "$watch_pid" ]; then
+        kill "$watch_pid" 2>/dev/null || true
+        wait "$watch_pid" 2>/dev/null || true
+        watch_pid=
+    fi
 }
 
 # A relay still blocked opening its FIFO (QEMU died before opening the other
@@ -191,11 +206,13 @@ if $vfio_edu; then
 fi
 
 # Output is streamed through FIFOs that QEMU writes as files: relays start
-# first because QEMU's open blocks until a reader is there.
+# first because QEMU's open blocks until a reader is there. Each relay also
+# appends to one file whose growth tells the stall watch the command is alive.
 mkfifo "$run_dir/stdout" "$run_dir/stderr"
-cat "$run_dir/stdout" &
+: >"$run_dir/output"
+tee -a "$run_dir/output" <"$run_dir/stdout" &
 relay_pids+=($!)
-cat "$run_dir/stderr" >&2 &
+tee -a "$run_dir/output" <"$run_dir/stderr" >&2 &
 relay_pids+=($!)
 
 started=$SECONDS
@@ -204,15 +221,43 @@ timeout_args=(-k 5 "$timeout_s")
 timeout "${timeout_args[@]}" qemu-system-x86_64 "${qemu_args[@]}" -append "$cmdline" \
     </dev/null 2>"$run_dir/qemu.log" &
 qemu_pid=$!
+# A hung emulated host (see README.md) writes nothing more; cutting it short
+# after --stall seconds instead of --timeout leaves a caller time to retry.
+if [ "$stall_s" -gt 0 ]; then
+    (
+        size=-1
+        quiet=0
+        while sleep 5; do
+            now=$(stat -c %s "$run_dir/output")
+            if [ "$now" != "$size" ]; then
+                size=$now
+                quiet=0
+            else
+                quiet=$((quiet + 5))
+            fi
+            if [ "$quiet" -ge "$stall_s" ]; then
+                : >"$run_dir/stalled"
+                kill -TERM "$qemu_pid"
+                exit 0
+            fi
+        done
+    ) &
+    watch_pid=$!
+fi
 qemu_status=0
 wait "$qemu_pid" || qemu_status=$?
 qemu_pid=
+stop_watch
 release_relays
 
 if [ -f "$job/status" ]; then
     status=$(cat "$job/status")
     [[ $status =~ ^[0-9]+$ ]] || die "the emulated host reported a malformed exit status '$status'"
     exit "$status"
+fi
+if [ -f "$run_dir/stalled" ]; then
+    echo "$prog: the command wrote nothing for $stall_s s; QEMU was killed (raise --stall if the command is quiet for longer)" >&2
+    exit 124
 fi
 if [ "$timeout_s" -gt 0 ] && { [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -eq 137 ]; } \
     && [ $((SECONDS - started)) -ge "$timeout_s" ]; then

@@ -10,6 +10,7 @@
 pub mod cri;
 pub mod oci;
 pub mod peers;
+pub mod pod;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -7,7 +7,7 @@
 //! tests (KATA_RS_TEST_ISOLATION=vm, with KATA_RS_CONFIG naming this
 //! build's kernel, initrd and VMM); elsewhere each prints `SKIP:`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary};
@@ -15,6 +15,7 @@ use kata_rs_tests::peers::{
     run, run_ok, tty_sizes, wait_until, Containerd, Spawned, TtySession, STTY_LOOP, TIMEOUT,
     TRAP_TERM,
 };
+use kata_rs_tests::pod::{kill_the_one, pod_dir, pod_processes, pod_vmms};
 
 /// A containerd whose `ctr run` uses the shim built next to `kata-rs`, or
 /// why these tests cannot run here.
@@ -30,11 +31,6 @@ fn containerd() -> Option<Containerd> {
         shim_dir.display()
     );
     Some(Containerd::start_with_shim(&shim_dir))
-}
-
-/// The pod directory the shim keeps for `id` while it runs.
-fn pod_dir(id: &str) -> PathBuf {
-    Path::new("/run/kata-rs/pods").join(id)
 }
 
 #[test]
@@ -168,35 +164,6 @@ fn boot_id(containerd: &Containerd, id: &str) -> String {
         "cat",
         "/proc/sys/kernel/random/boot_id",
     ]))
-}
-
-/// The host processes of pod `pod`: its VMM and virtiofsd name its
-/// directory.
-fn pod_processes(pod: &str) -> Vec<String> {
-    processes_mentioning(&format!("{}/", pod_dir(pod).display()))
-}
-
-/// The VMM processes of pod `pod`.
-fn pod_vmms(pod: &str) -> Vec<String> {
-    pod_processes(pod)
-        .into_iter()
-        .filter(|p| p.contains("kata-rs-vmm"))
-        .collect()
-}
-
-/// SIGKILLs the one process in `processes` (as [`processes_mentioning`]
-/// lists them); there must be exactly one, `what`.
-fn kill_the_one(processes: &[String], what: &str) {
-    let pids: Vec<i32> = processes
-        .iter()
-        .filter_map(|p| p.split(':').next()?.parse().ok())
-        .collect();
-    assert_eq!(pids.len(), 1, "one {what}: {processes:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
 }
 
 /// Two running containers (`sleep`) of one pod: the sandbox container,

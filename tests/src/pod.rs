@@ -1,0 +1,39 @@
+//! What kata-rs's shim keeps on the host for a pod while it runs: its
+//! directory and the processes (VMM, virtiofsd) that name it.
+
+use std::path::{Path, PathBuf};
+
+use crate::oci::processes_mentioning;
+
+/// The directory kata-rs's shim keeps for pod `pod`.
+pub fn pod_dir(pod: &str) -> PathBuf {
+    Path::new("/run/kata-rs/pods").join(pod)
+}
+
+/// The processes whose command line names pod `pod`'s directory.
+pub fn pod_processes(pod: &str) -> Vec<String> {
+    processes_mentioning(&format!("{}/", pod_dir(pod).display()))
+}
+
+/// The VMM processes of pod `pod`.
+pub fn pod_vmms(pod: &str) -> Vec<String> {
+    pod_processes(pod)
+        .into_iter()
+        .filter(|p| p.contains("kata-rs-vmm"))
+        .collect()
+}
+
+/// SIGKILLs the one process in `processes` (as [`processes_mentioning`]
+/// lists them); there must be exactly one, `what`.
+pub fn kill_the_one(processes: &[String], what: &str) {
+    let pids: Vec<i32> = processes
+        .iter()
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 1, "one {what}: {processes:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
