@@ -256,7 +256,13 @@ if [ -f "$job/status" ]; then
     exit "$status"
 fi
 if [ -f "$run_dir/stalled" ]; then
-    echo "$prog: the command wrote nothing for $stall_s s; QEMU was killed (raise --stall if the command is quiet for longer)" >&2
+    {
+        echo "$prog: the command wrote nothing for $stall_s s; QEMU was killed (raise --stall if the command is quiet for longer)"
+        if [ -s "$run_dir/console.log" ]; then
+            echo "--- last lines of the emulated host's console:"
+            tail -n 40 "$run_dir/console.log"
+        fi
+    } >&2
     exit 124
 fi
 if [ "$timeout_s" -gt 0 ] && { [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -eq 137 ]; } \

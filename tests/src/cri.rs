@@ -12,6 +12,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use k8s_cri::v1;
 
+/// No CRI call takes this long, a pod's boot in the emulated KVM host
+/// included; one that does fails, naming itself, instead of hanging a test.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
+
 pub struct Cri {
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
@@ -29,16 +33,16 @@ impl Cri {
         let socket = socket.to_owned();
         let channel = rt.block_on(
             // The URI is required but unused: the connector dials the socket.
-            Endpoint::from_static("http://[::]:0").connect_with_connector(tower::service_fn(
-                move |_: Uri| {
+            Endpoint::from_static("http://[::]:0")
+                .timeout(CALL_TIMEOUT)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let socket: PathBuf = socket.clone();
                     async move {
                         Ok::<_, std::io::Error>(TokioIo::new(
                             tokio::net::UnixStream::connect(socket).await?,
                         ))
                     }
-                },
-            )),
+                })),
         )?;
         Ok(Self {
             rt,

@@ -359,6 +359,7 @@ fn pods_started_and_removed_side_by_side_keep_apart() {
                 "two pods shared a VM"
             );
         }
+        println!("round {round}: removing both pods");
         side_by_side(&pods, |(pod, _)| node.remove(pod));
     }
     node.finish();
