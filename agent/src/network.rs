@@ -8,7 +8,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use kata_rs_protocol::agent::{Interface, Route, SetupPodNetworkRequest};
+use kata_rs_protocol::agent::{Interface, Neighbour, Route, SetupPodNetworkRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -30,7 +30,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
 }
 
 /// Brings the loopback up (as CNI's loopback plugin does on a host), then
-/// each interface and the routes.
+/// each interface, its permanent neighbours and the routes.
 pub fn setup_pod_network(req: &SetupPodNetworkRequest) -> Result<()> {
     validate(req)?;
     link_set_up("lo", true).map_err(io_err("bring lo up"))?;
@@ -51,6 +51,9 @@ pub fn setup_pod_network(req: &SetupPodNetworkRequest) -> Result<()> {
     }
     for (iface, nic) in req.interfaces.iter().zip(&current) {
         set_up_interface(iface, nic)?;
+    }
+    for neighbour in &req.neighbours {
+        add_neighbour(neighbour)?;
     }
     // Routes on the link first: a gateway must be reachable before a route
     // through it goes in (Calico's default route is via a link-local
@@ -76,6 +79,11 @@ fn validate(req: &SetupPodNetworkRequest) -> Result<()> {
         parse_cidr(&route.destination)?;
         parse_gateway(&route.gateway)?;
         check_name(&route.device)?;
+    }
+    for neighbour in &req.neighbours {
+        parse_ip("neighbour", &neighbour.ip)?;
+        parse_mac(&neighbour.mac)?;
+        check_name(&neighbour.device)?;
     }
     Ok(())
 }
@@ -119,16 +127,7 @@ fn set_up_interface(iface: &Interface, current: &str) -> Result<()> {
 
 fn add_route(route: &Route) -> Result<()> {
     let (dest, prefix) = parse_cidr(&route.destination)?;
-    let gateway = if route.gateway.is_empty() {
-        None
-    } else {
-        Some(route.gateway.parse::<Ipv4Addr>().map_err(|_| {
-            NetworkError::Invalid(format!(
-                "gateway {:?} is not an IPv4 address",
-                route.gateway
-            ))
-        })?)
-    };
+    let gateway = parse_gateway(&route.gateway)?;
     check_name(&route.device)?;
     let device = CString::new(route.device.as_str())
         .map_err(|_| NetworkError::Invalid(format!("device {:?} is not a name", route.device)))?;
@@ -154,6 +153,33 @@ fn add_route(route: &Route) -> Result<()> {
         return Err(io_err(format!(
             "add the route to {dest}/{prefix}{via} on {}",
             route.device
+        ))(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A permanent ARP entry: the guest never asks who has that address.
+fn add_neighbour(neighbour: &Neighbour) -> Result<()> {
+    let ip = parse_ip("neighbour", &neighbour.ip)?;
+    let mac = parse_mac(&neighbour.mac)?;
+    let device = &neighbour.device;
+    // SAFETY: arpreq is plain data; all zeroes is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    req.arp_pa = sockaddr(ip);
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.arp_flags = libc::ATF_COM | libc::ATF_PERM;
+    for (dst, src) in req.arp_dev.iter_mut().zip(ifreq(device)?.ifr_name) {
+        *dst = src;
+    }
+    let sock = inet_socket()?;
+    // SAFETY: SIOCSARP reads the arpreq passed, alive across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req) } < 0 {
+        return Err(io_err(format!(
+            "add the neighbour {ip} at {} on {device}",
+            neighbour.mac
         ))(io::Error::last_os_error()));
     }
     Ok(())
@@ -297,14 +323,18 @@ fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
     Ok((addr, prefix))
 }
 
+/// An IPv4 address, `what` (a gateway, a neighbour) in the error.
+fn parse_ip(what: &str, text: &str) -> Result<Ipv4Addr> {
+    text.parse()
+        .map_err(|_| NetworkError::Invalid(format!("{what} {text:?} is not an IPv4 address")))
+}
+
 /// A route's gateway; "" for none.
 fn parse_gateway(text: &str) -> Result<Option<Ipv4Addr>> {
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|_| NetworkError::Invalid(format!("gateway {text:?} is not an IPv4 address")))
+    parse_ip("gateway", text).map(Some)
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6]> {
@@ -353,6 +383,14 @@ mod tests {
         i
     }
 
+    fn neighbour(ip: &str, mac: &str, device: &str) -> Neighbour {
+        let mut n = Neighbour::new();
+        n.ip = ip.into();
+        n.mac = mac.into();
+        n.device = device.into();
+        n
+    }
+
     fn route(destination: &str, gateway: &str, device: &str) -> Route {
         let mut r = Route::new();
         r.destination = destination.into();
@@ -362,8 +400,8 @@ mod tests {
     }
 
     #[test]
-    fn a_nic_becomes_the_pods_interface_with_its_addresses_and_routes() {
-        let (addrs, routes, lo) = in_new_netns(|| {
+    fn a_nic_becomes_the_pods_interface_with_its_addresses_neighbours_and_routes() {
+        let (addrs, routes, lo, neighbours) = in_new_netns(|| {
             ip(&[
                 "link",
                 "add",
@@ -392,13 +430,19 @@ mod tests {
                 route("192.168.50.0/24", "10.1.2.254", "eth7"),
                 route("172.16.0.0/16", "", "eth7"),
             ];
+            req.neighbours = vec![neighbour("169.254.1.1", "EE:EE:EE:EE:EE:EE", "eth7")];
             setup_pod_network(&req).unwrap();
             (
                 ip(&["-o", "-4", "addr", "show"]),
                 ip(&["-4", "route", "show"]),
                 ip(&["-o", "link", "show", "eth7"]) + &ip(&["-o", "link", "show", "lo"]),
+                ip(&["-4", "neigh", "show"]),
             )
         });
+        assert!(
+            neighbours.contains("169.254.1.1 dev eth7 lladdr ee:ee:ee:ee:ee:ee PERMANENT"),
+            "{neighbours}"
+        );
         assert!(addrs.contains("eth7    inet 10.1.2.3/24"), "{addrs}");
         assert!(addrs.contains("inet 10.9.9.9/32"), "{addrs}");
         assert!(addrs.contains("lo    inet 127.0.0.1/8"), "{addrs}");
@@ -495,6 +539,11 @@ mod tests {
             assert!(err(&req).contains("is not an interface name"));
             req.routes = vec![route("10.0.0.0/8", "10.0.0.1", "eth9")];
             assert!(err(&req).contains("add the route to 10.0.0.0/8 via 10.0.0.1 on eth9"));
+            req.routes.clear();
+            req.neighbours = vec![neighbour("10.0.0.300", "02:00:00:00:00:01", "eth0")];
+            assert!(err(&req).contains("neighbour \"10.0.0.300\" is not an IPv4 address"));
+            req.neighbours = vec![neighbour("10.0.0.1", "02:00:00:00:00:01", "eth9")];
+            assert!(err(&req).contains("add the neighbour 10.0.0.1 at 02:00:00:00:00:01 on eth9"));
         });
     }
 }

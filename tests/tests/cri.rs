@@ -250,6 +250,23 @@ fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
     );
     server.1.join().unwrap();
 
+    // The gateway's MAC, which CNI set as a permanent neighbour, is the
+    // pod's too: it never asks for it (ATF_COM | ATF_PERM is flags 0x6).
+    let host_mac =
+        std::fs::read_to_string(format!("/sys/class/net/{}/address", host_veth(&pod))).unwrap();
+    let (_, arp) = node.exec(&client, &["cat", "/proc/net/arp"]);
+    assert!(
+        arp.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 6
+                && f[0] == host_end.to_string()
+                && f[2] == "0x6"
+                && f[3] == host_mac.trim()
+                && f[5] == "eth0"
+        }),
+        "no permanent neighbour {host_end} at {host_mac}: {arp}"
+    );
+
     // One kernel under both; in VM mode, not the host's, and one VMM.
     let boot_id = |id: &str| node.exec(id, &["cat", "/proc/sys/kernel/random/boot_id"]).1;
     assert_eq!(boot_id(&web), boot_id(&client));

@@ -4,7 +4,8 @@
 //! redirect each way, as Kata does by default), so the veth's frames reach
 //! the VM and come back unchanged. The taps' descriptors go to the VMM, one
 //! NIC each with the veth's MAC, and the agent gives those NICs the
-//! interfaces' names, addresses and routes ([`PodNetwork::request`]).
+//! interfaces' names, addresses, permanent neighbours and routes
+//! ([`PodNetwork::request`]).
 //!
 //! Read and set up with iproute2's `ip` and `tc`, run inside the namespace:
 //! every Kubernetes node has them, and tc has no other interface short of
@@ -19,7 +20,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use kata_rs_protocol::agent::{Interface, Route, SetupPodNetworkRequest};
+use kata_rs_protocol::agent::{Interface, Neighbour, Route, SetupPodNetworkRequest};
 use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
 
@@ -40,6 +41,7 @@ pub struct PodNetwork {
     /// the VMM holds them.
     pub taps: Vec<Arc<OwnedFd>>,
     routes: Vec<Route>,
+    neighbours: Vec<Neighbour>,
 }
 
 impl PodNetwork {
@@ -63,6 +65,7 @@ impl PodNetwork {
             })
             .collect();
         req.routes = self.routes.clone();
+        req.neighbours = self.neighbours.clone();
         req
     }
 }
@@ -159,7 +162,8 @@ fn refuse_own_namespace(ns: &File, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// In the pod's namespace: a tap joined to each interface, then the routes.
+/// In the pod's namespace: a tap joined to each interface, then the routes
+/// and permanent neighbours.
 fn join_all(network: &mut PodNetwork) -> Result<()> {
     let links = ip_json(&["-j", "addr", "show"])?;
     for link in links.as_array().into_iter().flatten() {
@@ -202,6 +206,13 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
         .into_iter()
         .flatten()
         .filter_map(|r| pod_route(r, &names))
+        .collect();
+    let neighbours = ip_json(&["-j", "-4", "neigh", "show", "nud", "permanent"])?;
+    network.neighbours = neighbours
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| pod_neighbour(n, &names))
         .collect();
     Ok(())
 }
@@ -259,6 +270,24 @@ fn pod_route(route: &Value, interfaces: &[&str]) -> Option<Route> {
     r.gateway = route["gateway"].as_str().unwrap_or_default().to_owned();
     r.device = device.to_owned();
     Some(r)
+}
+
+/// A permanent neighbour on one of the pod's interfaces (`ip -j neigh`
+/// lists only those asked for).
+fn pod_neighbour(neighbour: &Value, interfaces: &[&str]) -> Option<Neighbour> {
+    let device = neighbour["dev"].as_str()?;
+    if !interfaces.contains(&device) {
+        return None;
+    }
+    let mut n = Neighbour::new();
+    n.ip = neighbour["dst"]
+        .as_str()?
+        .parse::<Ipv4Addr>()
+        .ok()?
+        .to_string();
+    n.mac = neighbour["lladdr"].as_str()?.to_owned();
+    n.device = device.to_owned();
+    Some(n)
 }
 
 /// Everything arriving on `from` leaves through `to`.
@@ -381,7 +410,8 @@ mod tests {
     }
 
     /// A network namespace set up as a CNI plugin would: a veth with an
-    /// address and a default route. Removed when dropped.
+    /// address, a default route and its gateway's MAC. Removed when
+    /// dropped.
     struct CniNetns(String);
 
     impl CniNetns {
@@ -397,6 +427,10 @@ mod tests {
             ip_in(&ns.0, "link set eth0 up");
             ip_in(&ns.0, "link set host0 up");
             ip_in(&ns.0, "route add default via 10.77.0.1");
+            ip_in(
+                &ns.0,
+                "neigh add 10.77.0.1 lladdr 5a:00:00:00:00:01 dev eth0 nud permanent",
+            );
             ns
         }
     }
@@ -430,6 +464,13 @@ mod tests {
             })
             .collect();
         assert_eq!(routes, [("0.0.0.0/0", "10.77.0.1", "eth0")]);
+        let n = &req.neighbours[..];
+        assert_eq!(
+            n.iter()
+                .map(|n| (n.ip.as_str(), n.mac.as_str(), n.device.as_str()))
+                .collect::<Vec<_>>(),
+            [("10.77.0.1", "5a:00:00:00:00:01", "eth0")]
+        );
         assert!(ip_in(&ns.0, "-o link show tap0_kr").contains(",UP"));
         for (from, to) in [("eth0", "tap0_kr"), ("tap0_kr", "eth0")] {
             let out = Command::new("tc")
