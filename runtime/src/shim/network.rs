@@ -30,6 +30,9 @@ pub struct Nic {
     pub mac: String,
     mtu: u32,
     addresses: Vec<String>,
+    /// Whether its ingress qdisc is kata-rs's, to go with the redirect;
+    /// one a CNI plugin made (an ingress or clsact qdisc) stays.
+    own_qdisc: bool,
 }
 
 #[derive(Default)]
@@ -45,8 +48,12 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    fn names(&self) -> Vec<String> {
-        self.nics.iter().map(|n| n.name.clone()).collect()
+    /// Each joined interface's name, and whether its qdisc is ours.
+    fn joined(&self) -> Vec<(String, bool)> {
+        self.nics
+            .iter()
+            .map(|n| (n.name.clone(), n.own_qdisc))
+            .collect()
     }
 
     /// What the agent needs to give the guest the same network.
@@ -113,7 +120,7 @@ pub fn connect(netns: &Path) -> Result<PodNetwork> {
         match join_all(&mut network) {
             Ok(()) => Ok(network),
             Err(e) => {
-                unjoin(&network.names());
+                unjoin(&network.joined());
                 Err(e)
             }
         }
@@ -133,12 +140,12 @@ pub fn disconnect(network: &PodNetwork) {
     if !netns.exists() {
         return;
     }
-    let names = network.names();
+    let joined = network.joined();
     let done = File::open(netns)
         .map_err(anyhow::Error::from)
         .and_then(|ns| {
             in_netns(ns, netns.display().to_string(), move || {
-                unjoin(&names);
+                unjoin(&joined);
                 Ok(())
             })
         });
@@ -165,7 +172,7 @@ fn refuse_own_namespace(ns: &File, path: &Path) -> Result<()> {
 /// In the pod's namespace: a tap joined to each interface, then the routes
 /// and permanent neighbours.
 fn join_all(network: &mut PodNetwork) -> Result<()> {
-    let links = ip_json(&["-j", "addr", "show"])?;
+    let links = json_of("ip", &["-j", "addr", "show"])?;
     for link in links.as_array().into_iter().flatten() {
         let Some((name, mac, mtu, addresses)) = pod_interface(link) else {
             continue;
@@ -186,28 +193,31 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
         let mtu = mtu.min(GUEST_MAX_MTU);
         let tap_name = format!("tap{}_kr", network.nics.len());
         let tap = open_tap(&tap_name)?;
+        let own_qdisc = !has_ingress_hook(&name)?;
         // Recorded before the redirects, so a failure undoes them too.
         network.nics.push(Nic {
             name: name.clone(),
             mac: mac.clone(),
             mtu,
             addresses,
+            own_qdisc,
         });
         network.taps.push(Arc::new(tap));
         run(Command::new("ip").args(["link", "set", &tap_name, "mtu", &mtu.to_string(), "up"]))?;
-        redirect(&name, &tap_name)?;
-        redirect(&tap_name, &name)?;
+        redirect(&name, &tap_name, own_qdisc)?;
+        // The tap is new: its qdisc is ours, and goes with it.
+        redirect(&tap_name, &name, true)?;
         tracing::info!(interface = %name, tap = %tap_name, %mac, "pod interface joined to a tap");
     }
     let names: Vec<&str> = network.nics.iter().map(|n| n.name.as_str()).collect();
-    let routes = ip_json(&["-j", "-4", "route", "show"])?;
+    let routes = json_of("ip", &["-j", "-4", "route", "show"])?;
     network.routes = routes
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|r| pod_route(r, &names))
         .collect();
-    let neighbours = ip_json(&["-j", "-4", "neigh", "show", "nud", "permanent"])?;
+    let neighbours = json_of("ip", &["-j", "-4", "neigh", "show", "nud", "permanent"])?;
     network.neighbours = neighbours
         .as_array()
         .into_iter()
@@ -217,10 +227,23 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
     Ok(())
 }
 
-/// In the pod's namespace: the redirects off the interfaces `names`.
-fn unjoin(names: &[String]) {
-    for name in names {
-        let _ = run(Command::new("tc").args(["qdisc", "del", "dev", name, "ingress"]));
+/// In the pod's namespace: the redirects off the interfaces `joined` (as
+/// [`PodNetwork::joined`] lists them), with the qdiscs that are ours.
+fn unjoin(joined: &[(String, bool)]) {
+    for (name, own_qdisc) in joined {
+        let _ = if *own_qdisc {
+            run(Command::new("tc").args(["qdisc", "del", "dev", name, "ingress"]))
+        } else {
+            run(Command::new("tc").args([
+                "filter",
+                "del",
+                "dev",
+                name,
+                "ingress",
+                "pref",
+                FILTER_PREF,
+            ]))
+        };
     }
 }
 
@@ -290,12 +313,49 @@ fn pod_neighbour(neighbour: &Value, interfaces: &[&str]) -> Option<Neighbour> {
     Some(n)
 }
 
-/// Everything arriving on `from` leaves through `to`.
-fn redirect(from: &str, to: &str) -> Result<()> {
-    run(Command::new("tc").args(["qdisc", "replace", "dev", from, "ingress"]))?;
+/// The preference of the redirect filters kata-rs adds, so that they come
+/// off again without touching a CNI plugin's own filters.
+const FILTER_PREF: &str = "49152";
+
+/// Whether interface `name` has an ingress hook already: an ingress or a
+/// clsact qdisc (as eBPF-based CNI plugins attach), which must not be
+/// replaced.
+fn has_ingress_hook(name: &str) -> Result<bool> {
+    let qdiscs = json_of("tc", &["-j", "qdisc", "show", "dev", name])?;
+    Ok(qdiscs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|q| q["kind"] == "ingress" || q["kind"] == "clsact"))
+}
+
+/// Everything arriving on `from` leaves through `to`; `add_qdisc` when
+/// `from` has no ingress hook yet.
+fn redirect(from: &str, to: &str, add_qdisc: bool) -> Result<()> {
+    if add_qdisc {
+        run(Command::new("tc").args(["qdisc", "add", "dev", from, "ingress"]))?;
+    }
     run(Command::new("tc").args([
-        "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match", "u8",
-        "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+        "filter",
+        "add",
+        "dev",
+        from,
+        "ingress",
+        "pref",
+        FILTER_PREF,
+        "protocol",
+        "all",
+        "u32",
+        "match",
+        "u8",
+        "0",
+        "0",
+        "action",
+        "mirred",
+        "egress",
+        "redirect",
+        "dev",
+        to,
     ]))
 }
 
@@ -320,19 +380,21 @@ fn open_tap(name: &str) -> Result<OwnedFd> {
     Ok(OwnedFd::from(tun))
 }
 
-fn ip_json(args: &[&str]) -> Result<Value> {
-    let out = Command::new("ip")
+/// What `program` (ip or tc, with -j) prints, as JSON.
+fn json_of(program: &str, args: &[&str]) -> Result<Value> {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .context("run ip (iproute2)")?;
+        .with_context(|| format!("run {program} (iproute2)"))?;
     if !out.status.success() {
         bail!(
-            "ip {}: {}",
+            "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("ip {}: not JSON", args.join(" ")))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{program} {}: not JSON", args.join(" ")))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -416,7 +478,9 @@ mod tests {
 
     impl CniNetns {
         fn new() -> Self {
-            let name = format!("krs-shim-test-{}", std::process::id());
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("krs-shim-test-{}-{n}", std::process::id());
             run(Command::new("ip").args(["netns", "add", &name])).unwrap();
             let ns = Self(name);
             ip_in(
@@ -493,6 +557,38 @@ mod tests {
         assert!(!String::from_utf8_lossy(&out.stdout).contains("ingress"));
         drop(network);
         assert!(!ip_in(&ns.0, "-o link show").contains("tap0_kr"));
+    }
+
+    fn tc_in(netns: &str, args: &str) -> String {
+        let out = Command::new("tc")
+            .args(["-n", netns])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tc -n {netns} {args}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_cni_plugins_clsact_qdisc_and_its_filters_stay() {
+        let ns = CniNetns::new();
+        tc_in(&ns.0, "qdisc add dev eth0 clsact");
+        tc_in(
+            &ns.0,
+            "filter add dev eth0 ingress pref 1 protocol all u32 match u8 0 0 flowid 1:1",
+        );
+        let network = connect(&Path::new("/var/run/netns").join(&ns.0)).unwrap();
+        let filters = tc_in(&ns.0, "filter show dev eth0 ingress");
+        assert!(filters.contains("pref 1 u32"), "{filters}");
+        assert!(
+            filters.contains("Egress Redirect to device tap0_kr"),
+            "{filters}"
+        );
+        disconnect(&network);
+        assert!(tc_in(&ns.0, "qdisc show dev eth0").contains("clsact"));
+        let filters = tc_in(&ns.0, "filter show dev eth0 ingress");
+        assert!(filters.contains("pref 1 u32"), "{filters}");
+        assert!(!filters.contains("Redirect"), "{filters}");
     }
 
     #[test]
