@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -494,8 +495,12 @@ impl ProcIo {
                 .mode(0o700)
                 .create(&dir)
                 .map_err(|e| internal("creating the console socket directory", e))?;
-            // '@' never appears in an id, so the name is unique.
-            let path = dir.join(format!("{id}@{exec_id}.sock"));
+            // Numbered, not named after the ids: two 64-character ids (as
+            // CRI gives an exec) would not fit in a socket address.
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("{n}.sock"));
+            tracing::debug!(container = id, exec = exec_id, socket = %path.display(), "console socket");
             let _ = std::fs::remove_file(&path);
             let listener =
                 UnixListener::bind(&path).map_err(|e| internal("binding the console socket", e))?;

@@ -85,10 +85,14 @@ impl Agent {
     }
 
     fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> ttrpc::Result<()> {
+        self.exec_process(id, exec_id, &process(args))
+    }
+
+    fn exec_process(&self, id: &str, exec_id: &str, process: &Value) -> ttrpc::Result<()> {
         let mut req = ExecProcessRequest::new();
         req.container_id = id.into();
         req.exec_id = exec_id.into();
-        req.process_json = serde_json::to_vec(&process(args)).unwrap();
+        req.process_json = serde_json::to_vec(process).unwrap();
         self.client.agent.exec_process(ctx(), &req).map(|_| ())
     }
 
@@ -178,7 +182,9 @@ fn spec(id: &str, rootfs: &Path, args: &[&str]) -> Value {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
@@ -275,6 +281,23 @@ fn exec_close_stdin_signals_and_forced_removal() {
     // The init died of the forced removal; its waiter learns how.
     let (c, _) = code(agent.wait("box", ""));
     assert_eq!(c, Code::NOT_FOUND);
+}
+
+#[test]
+#[ignore = "needs root: creates namespace containers"]
+fn a_tty_exec_with_cri_length_ids_gets_a_terminal() {
+    let agent = Agent::spawn();
+    // CRI's ids: 64 hex characters for the container and for an exec.
+    let (id, exec_id) = ("c".repeat(64), "e".repeat(64));
+    agent.create(&id, &["sleep", "1000"]).unwrap();
+    agent.start(&id).unwrap();
+    let tty = agent.stream(&id, &exec_id, StreamKind::Tty);
+    let mut p = process(&["sh", "-c", "test -t 0 && test -t 1 && echo on-a-terminal"]);
+    p["terminal"] = true.into();
+    agent.exec_process(&id, &exec_id, &p).unwrap();
+    assert_eq!(agent.wait(&id, &exec_id).unwrap(), 0);
+    assert!(read_all(tty).contains("on-a-terminal"));
+    agent.remove(&id, true).unwrap();
 }
 
 #[test]
