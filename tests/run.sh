@@ -118,6 +118,7 @@ kernel_params = "${KATA_RS_TEST_KERNEL_PARAMS:-}"
 path = "/usr/local/bin/virtiofsd"
 [runtime]
 isolation = "$isolation"
+host_agent = "$repo_root/target/debug/kata-rs-agent"
 EOF
     printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$repo_root/target/debug/kata-rs" \
         "$test_dir/test-$isolation.toml" >"$test_dir/kata-rs-$isolation"
@@ -145,6 +146,13 @@ run_step "real-peer tests (podman, ctr), namespace mode" env \
 # harness (CNI plugin, pause image, CRI client) itself.
 run_step "containerd CRI, runc handler (reference)" env KATA_RS_TEST_ISOLATION=namespace \
     cargo test -p kata-rs-tests --test cri --locked -- --nocapture
+
+# kata-rs's shim in namespace isolation: its agent on the host serves the
+# pod's containers, through the same shim and CRI paths as a microVM.
+run_step "containerd shim v2 and CRI, kata-rs handler, namespace isolation" env \
+    KATA_RS_TEST_ISOLATION=namespace KATA_RS_TEST_CRI_HANDLER=kata-rs \
+    KATA_RS_CONFIG="$test_dir/test-namespace.toml" \
+    cargo test -p kata-rs-tests --test shim --test cri --locked -- --nocapture --test-threads=1
 
 echo "=== KVM on this host: $mode"
 if [ "$mode" != hardware ]; then

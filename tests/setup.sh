@@ -8,7 +8,7 @@
 # installed configuration runs containers in namespaces by default.
 #
 # Installs to /usr/local/bin (kata-rs, kata-rs-vmm, containerd-shim-kata-rs-v2,
-# virtiofsd),
+# kata-rs-agent, virtiofsd),
 # /usr/local/share/kata-rs (vmlinux, initrd.img) and
 # /etc/kata-rs/configuration.toml (an existing file is kept).
 set -euo pipefail
@@ -27,6 +27,9 @@ cargo build --release --locked -p kata-rs -p kata-rs-vmm
 
 install -m 0755 target/release/kata-rs target/release/kata-rs-vmm \
     target/release/containerd-shim-kata-rs-v2 /usr/local/bin/
+# The initrd's agent, statically linked, also serves the shim's pods in
+# namespace isolation on the host.
+install -m 0755 "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/kata-rs-agent" /usr/local/bin/
 install -d /usr/local/share/kata-rs /etc/kata-rs
 install -m 0644 "$KATA_RS_KERNEL_DIR/vmlinux" /usr/local/share/kata-rs/vmlinux
 install -m 0644 "$KATA_RS_INITRD" /usr/local/share/kata-rs/initrd.img

@@ -58,6 +58,9 @@ pub struct Runtime {
     /// Where containers run unless `--isolation` or the container's
     /// `io.kata-rs.isolation` annotation says otherwise.
     pub isolation: Isolation,
+    /// The agent binary the shim runs on the host for a pod in namespace
+    /// isolation (the guest's agent, with --no-init).
+    pub host_agent: PathBuf,
 }
 
 /// Where a container runs: in its own microVM, or on the host in
@@ -67,6 +70,15 @@ pub struct Runtime {
 pub enum Isolation {
     Vm,
     Namespace,
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::Vm => "vm",
+            Isolation::Namespace => "namespace",
+        })
+    }
 }
 
 impl std::str::FromStr for Isolation {
@@ -108,6 +120,7 @@ impl Default for Runtime {
         Self {
             log_level: "info".into(),
             isolation: Isolation::Vm,
+            host_agent: PathBuf::from("/usr/local/bin/kata-rs-agent"),
         }
     }
 }

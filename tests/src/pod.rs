@@ -15,11 +15,12 @@ pub fn pod_processes(pod: &str) -> Vec<String> {
     processes_mentioning(&format!("{}/", pod_dir(pod).display()))
 }
 
-/// The VMM processes of pod `pod`.
-pub fn pod_vmms(pod: &str) -> Vec<String> {
+/// The pod's backend: its VMM (`vm`), or its agent on the host.
+pub fn pod_backend(pod: &str, vm: bool) -> Vec<String> {
+    let name = if vm { "kata-rs-vmm" } else { "kata-rs-agent" };
     pod_processes(pod)
         .into_iter()
-        .filter(|p| p.contains("kata-rs-vmm"))
+        .filter(|p| p.contains(name))
         .collect()
 }
 

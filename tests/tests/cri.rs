@@ -17,7 +17,7 @@ use kata_rs_tests::cri::v1::*;
 use kata_rs_tests::cri::{self, Cri};
 use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary};
 use kata_rs_tests::peers::{wait_until, Containerd, IMAGE, TIMEOUT};
-use kata_rs_tests::pod::{kill_the_one, pod_dir, pod_vmms};
+use kata_rs_tests::pod::{kill_the_one, pod_backend, pod_dir};
 
 /// Where the CRI tests run: a containerd with its CRI plugin, and the
 /// runtime handler pods get.
@@ -28,11 +28,16 @@ struct Node {
     logs: tempfile::TempDir,
 }
 
+/// The handler is kata-rs in VM isolation, runc (the reference) in
+/// namespace isolation unless KATA_RS_TEST_CRI_HANDLER=kata-rs says
+/// otherwise (kata-rs's shim with its agent on the host).
 fn node() -> Node {
-    let handler = if isolation() == "vm" {
-        "kata-rs"
-    } else {
-        "runc"
+    let handler = match std::env::var("KATA_RS_TEST_CRI_HANDLER").as_deref() {
+        Ok("kata-rs") => "kata-rs",
+        Ok("runc") => "runc",
+        Ok(other) => panic!("KATA_RS_TEST_CRI_HANDLER={other}: runc or kata-rs"),
+        Err(_) if isolation() == "vm" => "kata-rs",
+        Err(_) => "runc",
     };
     println!("runtime handler: {handler}");
     let shim_dir = runtime_binary()
@@ -53,8 +58,14 @@ fn node() -> Node {
 }
 
 impl Node {
-    fn vm(&self) -> bool {
+    /// The handler is kata-rs's, whatever its isolation.
+    fn kata_rs(&self) -> bool {
         self.handler == "kata-rs"
+    }
+
+    /// The pods run in microVMs.
+    fn vm(&self) -> bool {
+        self.kata_rs() && isolation() == "vm"
     }
 
     fn pod_config(&self, name: &str) -> PodSandboxConfig {
@@ -267,14 +278,19 @@ fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
         "no permanent neighbour {host_end} at {host_mac}: {arp}"
     );
 
-    // One kernel under both; in VM mode, not the host's, and one VMM.
+    // One kernel under both; in VM mode, not the host's. kata-rs's shim
+    // serves the pod with one VMM, or one agent on the host.
     let boot_id = |id: &str| node.exec(id, &["cat", "/proc/sys/kernel/random/boot_id"]).1;
     assert_eq!(boot_id(&web), boot_id(&client));
-    if node.vm() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-        assert_ne!(boot_id(&web), host, "the pod runs on the host's kernel");
-        let vmms = pod_vmms(&pod);
-        assert_eq!(vmms.len(), 1, "one VMM for the pod: {vmms:?}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(boot_id(&web) == host, !node.vm(), "on the host's kernel");
+    if node.kata_rs() {
+        let backend = pod_backend(&pod, node.vm());
+        assert_eq!(
+            backend.len(),
+            1,
+            "one VMM or host agent for the pod: {backend:?}"
+        );
     }
 
     // The pod's hostname and DNS, and an exec's own exit code.
@@ -328,20 +344,28 @@ fn pods_keep_running_across_a_containerd_restart() {
 }
 
 #[test]
-fn a_killed_vmm_ends_the_pods_containers_and_leaves_nothing() {
+fn a_killed_vmm_or_host_agent_ends_the_pods_containers_and_leaves_nothing() {
     let node = node();
-    if !node.vm() {
-        println!("SKIP: the runc handler has no VMM to kill");
+    if !node.kata_rs() {
+        println!("SKIP: the runc handler has no VMM or host agent to kill");
         return;
     }
-    let (pod, id) = node.sleeping_pod("vmm-killed");
-    kill_the_one(&pod_vmms(&pod), "VMM for the pod");
+    let (pod, id) = node.sleeping_pod("backend-killed");
+    kill_the_one(
+        &pod_backend(&pod, node.vm()),
+        "VMM or host agent for the pod",
+    );
     wait_until(TIMEOUT, "CRI to see the container exited", || {
         node.cri
             .container_status(&id)
             .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
     });
     node.remove(&pod);
+    assert_eq!(
+        kata_rs_tests::peers::processes_mentioning(&id),
+        Vec::<String>::new(),
+        "the container's processes are left"
+    );
     node.finish();
 }
 

@@ -15,15 +15,11 @@ use kata_rs_tests::peers::{
     run, run_ok, tty_sizes, wait_until, Containerd, Spawned, TtySession, STTY_LOOP, TIMEOUT,
     TRAP_TERM,
 };
-use kata_rs_tests::pod::{kill_the_one, pod_dir, pod_processes, pod_vmms};
+use kata_rs_tests::pod::{kill_the_one, pod_backend, pod_dir, pod_processes};
 
 /// A containerd whose `ctr run` uses the shim built next to `kata-rs`, or
 /// why these tests cannot run here.
 fn containerd() -> Option<Containerd> {
-    if isolation() != "vm" {
-        println!("SKIP: the shim runs containers in microVMs: needs KATA_RS_TEST_ISOLATION=vm (tests/run.sh sets it where KVM boots the guest)");
-        return None;
-    }
     let shim_dir = runtime_binary().parent().map(Path::to_path_buf)?;
     assert!(
         shim_dir.join("containerd-shim-kata-rs-v2").exists(),
@@ -176,30 +172,52 @@ fn pod_of_two(containerd: &mut Containerd) -> (String, String) {
     (pod, second)
 }
 
+/// Nothing of the pod's containers is left on the host: no process in
+/// their cgroups or naming them.
+fn assert_no_container_left(ids: &[&str]) {
+    for id in ids {
+        assert_eq!(
+            kata_rs_tests::peers::processes_mentioning(id),
+            Vec::<String>::new(),
+            "processes of container {id} are left"
+        );
+    }
+}
+
 #[test]
-fn containers_of_one_pod_share_one_vm() {
+fn containers_of_one_pod_share_one_vm_or_host_agent() {
     let Some(mut containerd) = containerd() else {
         return;
     };
     let (pod, second) = pod_of_two(&mut containerd);
     let ids = (boot_id(&containerd, &pod), boot_id(&containerd, &second));
-    let vmms = pod_vmms(&pod).len();
+    let backends = pod_backend(&pod, isolation() == "vm").len();
     let listed = run_ok(&mut containerd.ctr(&["task", "ls"]));
     containerd.finish();
     assert_eq!(ids.0, ids.1, "the two containers run in different guests");
-    assert_eq!(vmms, 1, "one VMM for the pod");
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(
+        ids.0 == host,
+        isolation() == "namespace",
+        "on the host's kernel"
+    );
+    assert_eq!(backends, 1, "one VMM or host agent for the pod");
     assert!(listed.contains(&second), "ctr task ls: {listed}");
     assert!(!pod_dir(&pod).exists(), "the pod directory is left");
     assert_eq!(pod_processes(&pod), Vec::<String>::new());
+    assert_no_container_left(&[&pod, &second]);
 }
 
 #[test]
-fn a_killed_vmm_ends_every_container_of_its_pod() {
+fn a_killed_vmm_or_host_agent_ends_every_container_of_its_pod() {
     let Some(mut containerd) = containerd() else {
         return;
     };
     let (pod, second) = pod_of_two(&mut containerd);
-    kill_the_one(&pod_vmms(&pod), "VMM for the pod");
+    kill_the_one(
+        &pod_backend(&pod, isolation() == "vm"),
+        "VMM or host agent for the pod",
+    );
     wait_until(TIMEOUT, "both tasks to stop", || {
         containerd.task_status(&pod) == "STOPPED" && containerd.task_status(&second) == "STOPPED"
     });
@@ -208,12 +226,17 @@ fn a_killed_vmm_ends_every_container_of_its_pod() {
     assert_eq!(
         pod_processes(&pod),
         Vec::<String>::new(),
-        "virtiofsd or the VMM left"
+        "virtiofsd, the VMM or the host agent left"
     );
+    assert_no_container_left(&[&pod, &second]);
 }
 
 #[test]
 fn the_configuration_comes_from_the_runtime_options() {
+    if isolation() != "vm" {
+        println!("SKIP: vCPUs are a VM's setting; namespace isolation has none to choose");
+        return;
+    }
     let Some(mut containerd) = containerd() else {
         return;
     };
@@ -255,4 +278,5 @@ fn a_killed_shim_leaves_nothing_once_containerd_cleans_up() {
         !pod_dir(&pod).exists() && pod_processes(&pod).is_empty()
     });
     containerd.finish();
+    assert_no_container_left(&[&pod]);
 }

@@ -10,6 +10,7 @@
 //! - [`service`]: the task API over a pod, and its events;
 //! - [`stats`]: the agent's statistics as containerd's cgroup metrics.
 
+pub mod host;
 pub mod io;
 pub mod network;
 pub mod options;

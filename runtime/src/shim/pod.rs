@@ -1,7 +1,8 @@
-//! One pod's microVM as the shim holds it: the VMM, virtiofsd sharing the
-//! pod's directory, the agent, and the containers and exec'd processes
-//! running in the guest. The first container boots the VM; the last one
-//! deleted takes it down.
+//! One pod as the shim holds it: where its containers run (its microVM:
+//! the VMM, virtiofsd sharing the pod's directory and the agent in the
+//! guest; or, in namespace isolation, an agent on the host), and the
+//! containers and exec'd processes the agent runs. The first container
+//! starts the backend; the last one deleted takes it down.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,12 +18,13 @@ use kata_rs_protocol::{AgentClient, SHARED_FS_TAG};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use super::host::HostAgent;
 use super::io::{self, Fifos, Relays};
 use super::network::{self, PodNetwork};
-use crate::config::Config;
+use crate::config::{Config, Isolation};
 use crate::oci::vm::monitor;
 use crate::oci::vm::process::ProcRef;
-use crate::oci::vm::stdio::{self, Streams};
+use crate::oci::vm::stdio::{self, StdioAddr, Streams};
 use crate::oci::vm::{self as vm, container_req, ctx, rpc_error, share, state};
 use crate::sandbox::{vsock_uds, VmSandbox};
 
@@ -108,6 +110,8 @@ impl Process {
 
 pub struct Container {
     pub bundle: PathBuf,
+    /// Its init's host pid, in namespace isolation; 0 in a VM.
+    pid: u32,
     /// Where containerd's rootfs mounts were mounted by us.
     rootfs_mount: Option<PathBuf>,
     pub init: Process,
@@ -143,10 +147,32 @@ struct Vm {
     network: PodNetwork,
 }
 
+/// Where a pod's containers run.
+enum Backend {
+    Vm(Vm),
+    Host(HostAgent),
+}
+
+impl Backend {
+    fn client(&self) -> &AgentClient {
+        match self {
+            Backend::Vm(vm) => &vm.client,
+            Backend::Host(host) => &host.client,
+        }
+    }
+
+    fn isolation(&self) -> Isolation {
+        match self {
+            Backend::Vm(_) => Isolation::Vm,
+            Backend::Host(_) => Isolation::Namespace,
+        }
+    }
+}
+
 pub struct Pod {
     dir: PathBuf,
     config: Config,
-    vm: Option<Vm>,
+    backend: Option<Backend>,
     pub containers: HashMap<String, Container>,
 }
 
@@ -155,24 +181,31 @@ impl Pod {
         Self {
             dir,
             config,
-            vm: None,
+            backend: None,
             containers: HashMap::new(),
         }
     }
 
-    /// Uses the configuration file at `path` for the pod, unless its VM
-    /// already runs (with the configuration of its first container).
+    /// Uses the configuration file at `path` for the pod, unless its
+    /// backend already runs (with the configuration of its first
+    /// container).
     pub fn use_config(&mut self, path: &Path) -> Result<()> {
-        if self.vm.is_none() {
+        if self.backend.is_none() {
             self.config = Config::load(Some(path))?.0;
         }
         Ok(())
     }
 
-    /// The VMM's pid: what containerd is told as the task's pid, since the
-    /// container's own processes live in the guest.
-    pub fn vmm_pid(&self) -> u32 {
-        self.vm.as_ref().map(|v| v.sandbox.vmm_pid()).unwrap_or(0)
+    /// What containerd is told as the pid of container `id`'s tasks: in a
+    /// VM, the VMM's, since the container's own processes live in the
+    /// guest; on the host, the container's init (CRI names a pod's
+    /// namespaces after its sandbox's).
+    pub fn task_pid(&self, id: &str) -> u32 {
+        match &self.backend {
+            Some(Backend::Vm(vm)) => vm.sandbox.vmm_pid(),
+            Some(Backend::Host(_)) => self.containers.get(id).map_or(0, |c| c.pid),
+            None => 0,
+        }
     }
 
     pub fn container(&self, id: &str) -> Result<&Container> {
@@ -188,10 +221,35 @@ impl Pod {
     }
 
     fn client(&self) -> Result<&AgentClient> {
-        self.vm
+        self.backend
             .as_ref()
-            .map(|v| &v.client)
-            .ok_or_else(|| anyhow!("the pod's VM is not running"))
+            .map(Backend::client)
+            .ok_or_else(|| anyhow!("the pod's VM or host agent is not running"))
+    }
+
+    /// Where the pod's agent takes stdio streams.
+    fn stdio(&self) -> Result<StdioAddr> {
+        match &self.backend {
+            Some(Backend::Vm(_)) => Ok(StdioAddr::Hybrid(vsock_uds(&self.dir))),
+            Some(Backend::Host(host)) => Ok(StdioAddr::Unix(host.stdio.clone())),
+            None => bail!("the pod's VM or host agent is not running"),
+        }
+    }
+
+    /// Starts the agent on the host for a pod in namespace isolation.
+    fn start_host_agent(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("create {}", self.dir.display()))?;
+        let host = HostAgent::start(&self.config, &self.dir)?;
+        let pids = HostPids {
+            agent: Some(host.process),
+            ..HostPids::default()
+        };
+        if let Err(e) = pids.save(&self.dir) {
+            tracing::warn!(error = %e, "record the pod's host processes");
+        }
+        self.backend = Some(Backend::Host(host));
+        Ok(())
     }
 
     /// Boots the pod's VM, sized for `spec`, with the pod directory shared
@@ -240,16 +298,17 @@ impl Pod {
                 let pids = HostPids {
                     vmm: ProcRef::of(sandbox.vmm_pid() as i32),
                     virtiofsd: Some(virtiofsd),
+                    agent: None,
                 };
                 if let Err(e) = pids.save(&self.dir) {
                     tracing::warn!(error = %e, "record the pod's host processes");
                 }
-                self.vm = Some(Vm {
+                self.backend = Some(Backend::Vm(Vm {
                     sandbox,
                     virtiofsd,
                     client,
                     network,
-                });
+                }));
                 Ok(())
             }
             Err(e) => {
@@ -262,8 +321,9 @@ impl Pod {
     }
 
     /// Creates container `id` from `bundle`: mounts containerd's rootfs
-    /// mounts, boots the VM if this is the pod's first container, shares
-    /// the bundle, connects the stdio and has the agent create it.
+    /// mounts, starts the pod's backend (boots the VM, or starts the host
+    /// agent) if this is the pod's first container, shares the bundle with
+    /// a VM, connects the stdio and has the agent create it.
     pub fn create(
         &mut self,
         id: &str,
@@ -287,20 +347,26 @@ impl Pod {
             })?,
             None => self.config.runtime.isolation,
         };
-        if isolation != crate::config::Isolation::Vm {
-            bail!(
-                "container {id}: the shim runs containers in microVMs only so far; \
-                 namespace isolation goes through `ctr run --runc-binary kata-rs`"
-            );
+        if let Some(running) = self.backend.as_ref().map(Backend::isolation) {
+            if running != isolation {
+                bail!(
+                    "container {id}: its pod runs in {running} isolation, not {isolation}: \
+                     the containers of one pod share one"
+                );
+            }
+        }
+        if isolation == Isolation::Namespace {
+            refuse_hooks(&spec).with_context(|| format!("container {id}"))?;
         }
         let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
-        let made = self.create_in(id, bundle, &spec, fifos);
+        let made = self.create_in(id, bundle, &spec, fifos, isolation);
         match made {
-            Ok(init) => {
+            Ok((init, pid)) => {
                 self.containers.insert(
                     id.to_owned(),
                     Container {
                         bundle: bundle.to_owned(),
+                        pid,
                         rootfs_mount,
                         init,
                         execs: HashMap::new(),
@@ -322,16 +388,62 @@ impl Pod {
         }
     }
 
+    /// Has the pod's agent create container `id`: its init, and (on the
+    /// host) its pid.
     fn create_in(
         &mut self,
         id: &str,
         bundle: &Path,
         spec: &Value,
         fifos: Fifos,
-    ) -> Result<Process> {
-        if self.vm.is_none() {
-            self.boot(spec)?;
+        isolation: Isolation,
+    ) -> Result<(Process, u32)> {
+        if self.backend.is_none() {
+            match isolation {
+                Isolation::Vm => self.boot(spec)?,
+                Isolation::Namespace => self.start_host_agent()?,
+            }
         }
+        let agent_spec = match isolation {
+            Isolation::Vm => self.guest_spec(id, bundle, spec)?,
+            // The host agent runs the bundle's spec as runc would: CRI's
+            // namespace paths are the host's, as is everything else.
+            Isolation::Namespace => host_spec(bundle, spec),
+        };
+        let streams = Streams::connect(&self.stdio()?, id, "", fifos.terminal)?;
+        let relays = io::relay(streams, &fifos)?;
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.spec_json = serde_json::to_vec(&agent_spec)?;
+        let client = self.client()?;
+        if let Err(e) = client.agent.create_container(ctx(), &req) {
+            let why = match self.backend.as_mut() {
+                Some(Backend::Vm(v)) => v.sandbox.post_mortem(),
+                _ => String::new(),
+            };
+            bail!("{:#}; {why}", rpc_error("create in the agent", id, e));
+        }
+        let pid = match isolation {
+            Isolation::Vm => 0,
+            Isolation::Namespace => {
+                let pid = client
+                    .agent
+                    .state_container(ctx(), &container_req(id))
+                    .map_err(|e| rpc_error("state", id, e))?
+                    .pid;
+                u32::try_from(pid)
+                    .map_err(|_| anyhow!("container {id}: the agent gave pid {pid}"))?
+            }
+        };
+        let mut init = Process::new(fifos, None);
+        init.relays = Some(relays);
+        Ok((init, pid))
+    }
+
+    /// The spec as the guest runs it: the bundle shared with the VM, in
+    /// the pod's network, and (for a pod's later containers) in the
+    /// sandbox's namespaces in the guest.
+    fn guest_spec(&self, id: &str, bundle: &Path, spec: &Value) -> Result<Value> {
         let mut guest_spec = share::prepare(id, bundle, spec, &state::share_dir(&self.dir))?;
         use_pod_network(&mut guest_spec);
         let sandbox = self.sandbox_id();
@@ -340,22 +452,7 @@ impl Pod {
         {
             self.join_sandbox_namespaces(spec, &mut guest_spec)?;
         }
-        let streams = Streams::connect(&vsock_uds(&self.dir), id, "", fifos.terminal)?;
-        let relays = io::relay(streams, &fifos)?;
-        let mut req = CreateContainerRequest::new();
-        req.container_id = id.to_owned();
-        req.spec_json = serde_json::to_vec(&guest_spec)?;
-        if let Err(e) = self.client()?.agent.create_container(ctx(), &req) {
-            let why = self
-                .vm
-                .as_mut()
-                .map(|v| v.sandbox.post_mortem())
-                .unwrap_or_default();
-            bail!("{:#}; {why}", rpc_error("create in the guest", id, e));
-        }
-        let mut init = Process::new(fifos, None);
-        init.relays = Some(relays);
-        Ok(init)
+        Ok(guest_spec)
     }
 
     /// The pod's sandbox container: the one the pod (and its directory) is
@@ -432,7 +529,7 @@ impl Pod {
         on_exit: impl FnOnce(Exited) + Send + 'static,
     ) -> Result<()> {
         let client = self.client()?.clone();
-        let uds = vsock_uds(&self.dir);
+        let stdio = self.stdio()?;
         let c = self.container_mut(id)?;
         let p = c.process_mut(exec_id)?;
         if p.started {
@@ -447,7 +544,7 @@ impl Pod {
                 .start_container(ctx(), &container_req(id))
                 .map_err(|e| rpc_error("start", id, e))?;
         } else {
-            let streams = Streams::connect(&uds, id, exec_id, p.fifos.terminal)?;
+            let streams = Streams::connect(&stdio, id, exec_id, p.fifos.terminal)?;
             p.relays = Some(io::relay(streams, &p.fifos)?);
             let mut req = ExecProcessRequest::new();
             req.container_id = id.to_owned();
@@ -573,7 +670,7 @@ impl Pod {
     }
 
     /// Deletes an exec (returning how it ended) or a whole container; the
-    /// last container takes the VM down.
+    /// last container takes the VM or host agent down.
     pub fn delete(&mut self, id: &str, exec_id: &str) -> Result<Option<Exited>> {
         let c = self.container_mut(id)?;
         if !exec_id.is_empty() {
@@ -613,15 +710,23 @@ impl Pod {
         Ok(exited)
     }
 
-    /// Takes the VM, virtiofsd and the pod directory down.
+    /// Takes the VM and virtiofsd, or the host agent, and the pod
+    /// directory down.
     pub fn shut_down(&mut self) {
-        if let Some(vm) = self.vm.take() {
-            if let Err(e) = vm.sandbox.destroy(&vm.client) {
-                tracing::warn!(error = %e, "stop the pod's VM");
+        match self.backend.take() {
+            Some(Backend::Vm(vm)) => {
+                if let Err(e) = vm.sandbox.destroy(&vm.client) {
+                    tracing::warn!(error = %e, "stop the pod's VM");
+                }
+                vm.virtiofsd.signal(Signal::SIGTERM);
+                vm.virtiofsd.stop(Duration::from_secs(5));
+                network::disconnect(&vm.network);
             }
-            vm.virtiofsd.signal(Signal::SIGTERM);
-            vm.virtiofsd.stop(Duration::from_secs(5));
-            network::disconnect(&vm.network);
+            Some(Backend::Host(host)) => {
+                host.stop();
+                super::host::remove_leftovers(&self.dir);
+            }
+            None => {}
         }
         let share = state::share_dir(&self.dir);
         for id in self.containers.keys() {
@@ -633,6 +738,44 @@ impl Pod {
             }
         }
     }
+}
+
+/// The spec as the host agent runs it: the bundle's, with the root and
+/// relative bind mount sources made absolute (they are the bundle's, and
+/// the agent's directory is not).
+fn host_spec(bundle: &Path, spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    let absolute = |path: &str| bundle.join(path).to_string_lossy().into_owned();
+    let root = spec["root"]["path"].as_str().unwrap_or("rootfs").to_owned();
+    if Path::new(&root).is_relative() {
+        spec["root"]["path"] = absolute(&root).into();
+    }
+    for m in spec["mounts"].as_array_mut().into_iter().flatten() {
+        let bind = m["type"] == "bind"
+            || m["options"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        if let Some(source) = m["source"].as_str().filter(|s| Path::new(s).is_relative()) {
+            if bind {
+                m["source"] = absolute(source).into();
+            }
+        }
+    }
+    spec
+}
+
+/// Hooks are not run for a container on the host agent yet: refused by
+/// name rather than left out.
+fn refuse_hooks(spec: &Value) -> Result<()> {
+    if let Some(hooks) = spec["hooks"].as_object() {
+        if let Some((kind, _)) = hooks
+            .iter()
+            .find(|(_, h)| h.as_array().is_some_and(|h| !h.is_empty()))
+        {
+            bail!("{kind} hooks are not run by the shim in namespace isolation yet");
+        }
+    }
+    Ok(())
 }
 
 /// The pod's containers live in the guest's own network namespace, which
@@ -673,6 +816,8 @@ fn add_pod_resources(sized: &mut crate::sandbox::SandboxSpec, spec: &Value) {
 struct HostPids {
     vmm: Option<ProcRef>,
     virtiofsd: Option<ProcRef>,
+    #[serde(default)]
+    agent: Option<ProcRef>,
 }
 
 impl HostPids {
@@ -686,18 +831,19 @@ impl HostPids {
     }
 }
 
-/// What a shim that died left of pod `dir`: its VMM and virtiofsd are
-/// stopped, every share and the directory removed. For containerd's
-/// `shim delete`.
+/// What a shim that died left of pod `dir`: its VMM and virtiofsd, or its
+/// host agent, are stopped, every share and the directory removed. For
+/// containerd's `shim delete`.
 pub fn clean_up_after(dir: &Path) {
     if let Ok(text) = std::fs::read(HostPids::path(dir)) {
         if let Ok(pids) = serde_json::from_slice::<HostPids>(&text) {
-            for p in [pids.vmm, pids.virtiofsd].into_iter().flatten() {
+            for p in [pids.vmm, pids.virtiofsd, pids.agent].into_iter().flatten() {
                 p.signal(Signal::SIGKILL);
                 p.stop(Duration::from_secs(5));
             }
         }
     }
+    super::host::remove_leftovers(dir);
     let share = state::share_dir(dir);
     if let Ok(entries) = std::fs::read_dir(&share) {
         for e in entries.flatten() {

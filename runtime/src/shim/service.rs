@@ -133,7 +133,7 @@ impl Task for Service {
         }
         pod.create(&req.id, &PathBuf::from(&req.bundle), &rootfs, fifos)
             .map_err(to_ttrpc)?;
-        let pid = pod.vmm_pid();
+        let pid = pod.task_pid(&req.id);
         drop(pod);
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -164,7 +164,7 @@ impl Task for Service {
         let events = self.events.clone();
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         let mut pod = self.pod();
-        let pid = pod.vmm_pid();
+        let pid = pod.task_pid(&req.id);
         // containerd wants the start event before the exit event, even of a
         // process that ends at once: the exit waits until start is out.
         let (started_tx, started) = std::sync::mpsc::channel::<()>();
@@ -224,7 +224,7 @@ impl Task for Service {
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         tracing::info!(id = %req.id, exec_id = %req.exec_id, "delete");
         let mut pod = self.pod();
-        let pid = pod.vmm_pid();
+        let pid = pod.task_pid(&req.id);
         let cell = pod
             .container(&req.id)
             .and_then(|c| c.process(&req.exec_id))
@@ -305,7 +305,7 @@ impl Task for Service {
                 req.exec_id.clone()
             },
             bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: pod.vmm_pid(),
+            pid: pod.task_pid(&req.id),
             status: status.into(),
             stdin: p.fifos.stdin.clone(),
             stdout: p.fifos.stdout.clone(),
@@ -416,10 +416,10 @@ impl Task for Service {
         })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: self.pod().vmm_pid(),
+            task_pid: self.pod().task_pid(&req.id),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ..Default::default()
         })

@@ -15,7 +15,7 @@ use kata_rs_protocol::agent::{ProcessRequest, SignalProcessRequest, TtyWinResize
 use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use nix::sys::signal::{SigSet, Signal};
 
-use super::stdio::{self, Streams};
+use super::stdio::{self, StdioAddr, Streams};
 use crate::oci::console::OwnConsole;
 
 /// How long output may still arrive after the process exited.
@@ -48,7 +48,7 @@ pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) 
     signals.thread_block().context("block signals")?;
     let mut own_terminal = None;
     let streams = Streams::connect(
-        &target.uds,
+        &StdioAddr::Hybrid(target.uds.clone()),
         &target.container_id,
         &target.exec_id,
         target.tty,

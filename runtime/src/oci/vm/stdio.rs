@@ -1,10 +1,11 @@
-//! A process's stdio between the host and the agent: one hybrid-vsock
-//! connection per stream to the agent's stdio port, named by a header
-//! line (protos/agent.proto), then raw bytes.
+//! A process's stdio between the host and the agent: one connection per
+//! stream to the agent's stdio listener (a VM's hybrid-vsock port, or the
+//! Unix socket of an agent on the host), named by a header line
+//! (protos/agent.proto), then raw bytes.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,9 +15,33 @@ use kata_rs_protocol::{hybrid, STDIO_VSOCK_PORT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn open(uds: &Path, container_id: &str, exec_id: &str, kind: StreamKind) -> Result<UnixStream> {
+/// Where an agent takes stdio streams.
+#[derive(Debug, Clone)]
+pub enum StdioAddr {
+    /// A VM's hybrid-vsock socket: the agent's stdio port behind it.
+    Hybrid(PathBuf),
+    /// An agent on the host, listening on this Unix socket.
+    Unix(PathBuf),
+}
+
+impl StdioAddr {
+    fn connect(&self) -> std::io::Result<UnixStream> {
+        match self {
+            StdioAddr::Hybrid(uds) => hybrid::connect(uds, STDIO_VSOCK_PORT, CONNECT_TIMEOUT),
+            StdioAddr::Unix(path) => UnixStream::connect(path),
+        }
+    }
+}
+
+fn open(
+    addr: &StdioAddr,
+    container_id: &str,
+    exec_id: &str,
+    kind: StreamKind,
+) -> Result<UnixStream> {
     let stream = kind.as_str();
-    let mut conn = hybrid::connect(uds, STDIO_VSOCK_PORT, CONNECT_TIMEOUT)
+    let mut conn = addr
+        .connect()
         .with_context(|| format!("connect the {stream} stream to the agent"))?;
     let header = StreamHeader::new(container_id, exec_id, kind);
     conn.write_all(header.to_string().as_bytes())
@@ -35,19 +60,19 @@ pub enum Streams {
 }
 
 impl Streams {
-    pub fn connect(uds: &Path, container_id: &str, exec_id: &str, tty: bool) -> Result<Self> {
+    pub fn connect(addr: &StdioAddr, container_id: &str, exec_id: &str, tty: bool) -> Result<Self> {
         if tty {
             return Ok(Streams::Tty(open(
-                uds,
+                addr,
                 container_id,
                 exec_id,
                 StreamKind::Tty,
             )?));
         }
         Ok(Streams::Pipes {
-            stdin: open(uds, container_id, exec_id, StreamKind::Stdin)?,
-            stdout: open(uds, container_id, exec_id, StreamKind::Stdout)?,
-            stderr: open(uds, container_id, exec_id, StreamKind::Stderr)?,
+            stdin: open(addr, container_id, exec_id, StreamKind::Stdin)?,
+            stdout: open(addr, container_id, exec_id, StreamKind::Stdout)?,
+            stderr: open(addr, container_id, exec_id, StreamKind::Stderr)?,
         })
     }
 }

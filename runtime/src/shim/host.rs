@@ -1,0 +1,130 @@
+//! A pod in namespace isolation: the guest's agent, run on the host with
+//! `--no-init` on Unix sockets in the pod directory. Every task request
+//! then takes the same path as in a VM (the same RPCs and stdio streams),
+//! and the containers are the host's namespace containers, as runc would
+//! run them.
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kata_rs_protocol::AgentClient;
+use nix::sys::signal::Signal;
+
+use crate::config::Config;
+use crate::oci::vm::ctx;
+use crate::oci::vm::process::ProcRef;
+
+/// How long the agent may take to listen: it only parses its arguments.
+const READY: Duration = Duration::from_secs(10);
+
+pub struct HostAgent {
+    pub process: ProcRef,
+    pub client: AgentClient,
+    /// Where it takes stdio streams.
+    pub stdio: PathBuf,
+}
+
+impl HostAgent {
+    /// Starts the agent for the pod in `dir`, its log in `agent.log` there.
+    pub fn start(config: &Config, dir: &Path) -> Result<Self> {
+        let program =
+            crate::config::resolve_program(&config.runtime.host_agent).with_context(|| {
+                format!(
+                    "the agent {} was not found (set runtime.host_agent in the configuration)",
+                    config.runtime.host_agent.display()
+                )
+            })?;
+        let socket = dir.join("agent.sock");
+        let stdio = dir.join("agent-stdio.sock");
+        let log_path = dir.join("agent.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("create {}", log_path.display()))?;
+        let mut cmd = Command::new(&program);
+        cmd.args(["--no-init", "--log-level", &config.runtime.log_level])
+            .arg(format!("--listen=unix://{}", socket.display()))
+            .arg(format!("--stdio-listen=unix://{}", stdio.display()))
+            .arg("--state-dir")
+            .arg(dir.join("agent"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // A session of its own: a signal to the shim's group (a terminal's
+        // Ctrl-C under `ctr run`) is not the containers' to get.
+        // SAFETY: setsid is async-signal-safe and touches no Rust state.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", program.display()))?;
+        let deadline = Instant::now() + READY;
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(e) => {
+                    if let Some(status) = child.try_wait()? {
+                        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                        bail!("the agent exited with {status}: {}", log.trim());
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        bail!("the agent did not listen on {}: {e}", socket.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        let process = ProcRef::of(child.id() as i32).context("the agent vanished")?;
+        let client = AgentClient::from_stream(stream).map_err(|e| anyhow!("{e}"))?;
+        tracing::info!(pid = process.pid, "agent started on the host");
+        Ok(Self {
+            process,
+            client,
+            stdio,
+        })
+    }
+
+    /// Ends the agent: asked first (it exits once it answered), then
+    /// killed if it does not.
+    pub fn stop(&self) {
+        if let Err(e) = self.client.agent.destroy_sandbox(
+            ctx(),
+            &kata_rs_protocol::agent::DestroySandboxRequest::new(),
+        ) {
+            tracing::warn!(error = %e, "ask the host agent to stop");
+            self.process.signal(Signal::SIGTERM);
+        }
+        self.process.stop(Duration::from_secs(5));
+    }
+}
+
+/// Force-deletes whatever containers the agent of the pod in `dir` left
+/// (it was killed, or its shim was), with their processes and cgroups:
+/// unlike a VM's, they do not end with the agent.
+pub fn remove_leftovers(dir: &Path) {
+    let root = dir.join("agent").join("containers");
+    if !root.exists() {
+        return;
+    }
+    let engine = match kata_rs_engine::Engine::new(&root, false) {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::warn!(root = %root.display(), error = %e, "open the host agent's containers");
+            return;
+        }
+    };
+    for id in engine.ids().unwrap_or_default() {
+        tracing::warn!(id, "removing a container the host agent left");
+        if let Err(e) = engine.load(&id).and_then(|c| c.delete(true)) {
+            tracing::warn!(id, error = %e, "remove a container the host agent left");
+        }
+    }
+}
