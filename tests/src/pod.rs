@@ -24,6 +24,18 @@ pub fn pod_backend(pod: &str, vm: bool) -> Vec<String> {
         .collect()
 }
 
+/// Nothing of containers `ids` is left on the host: no process in their
+/// cgroups or naming them.
+pub fn assert_no_container_left(ids: &[&str]) {
+    for id in ids {
+        assert_eq!(
+            crate::peers::processes_mentioning(id),
+            Vec::<String>::new(),
+            "processes of container {id} are left"
+        );
+    }
+}
+
 /// SIGKILLs the one process in `processes` (as [`processes_mentioning`]
 /// lists them); there must be exactly one, `what`.
 pub fn kill_the_one(processes: &[String], what: &str) {

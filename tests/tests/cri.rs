@@ -17,7 +17,7 @@ use kata_rs_tests::cri::v1::*;
 use kata_rs_tests::cri::{self, Cri};
 use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary};
 use kata_rs_tests::peers::{wait_until, Containerd, IMAGE, TIMEOUT};
-use kata_rs_tests::pod::{kill_the_one, pod_backend, pod_dir};
+use kata_rs_tests::pod::{assert_no_container_left, kill_the_one, pod_backend, pod_dir};
 
 /// Where the CRI tests run: a containerd with its CRI plugin, and the
 /// runtime handler pods get.
@@ -360,12 +360,8 @@ fn a_killed_vmm_or_host_agent_ends_the_pods_containers_and_leaves_nothing() {
             .container_status(&id)
             .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
     });
+    assert_no_container_left(&[&id]);
     node.remove(&pod);
-    assert_eq!(
-        kata_rs_tests::peers::processes_mentioning(&id),
-        Vec::<String>::new(),
-        "the container's processes are left"
-    );
     node.finish();
 }
 

@@ -15,7 +15,9 @@ use kata_rs_tests::peers::{
     run, run_ok, tty_sizes, wait_until, Containerd, Spawned, TtySession, STTY_LOOP, TIMEOUT,
     TRAP_TERM,
 };
-use kata_rs_tests::pod::{kill_the_one, pod_backend, pod_dir, pod_processes};
+use kata_rs_tests::pod::{
+    assert_no_container_left, kill_the_one, pod_backend, pod_dir, pod_processes,
+};
 
 /// A containerd whose `ctr run` uses the shim built next to `kata-rs`, or
 /// why these tests cannot run here.
@@ -172,18 +174,6 @@ fn pod_of_two(containerd: &mut Containerd) -> (String, String) {
     (pod, second)
 }
 
-/// Nothing of the pod's containers is left on the host: no process in
-/// their cgroups or naming them.
-fn assert_no_container_left(ids: &[&str]) {
-    for id in ids {
-        assert_eq!(
-            kata_rs_tests::peers::processes_mentioning(id),
-            Vec::<String>::new(),
-            "processes of container {id} are left"
-        );
-    }
-}
-
 #[test]
 fn containers_of_one_pod_share_one_vm_or_host_agent() {
     let Some(mut containerd) = containerd() else {
@@ -221,6 +211,9 @@ fn a_killed_vmm_or_host_agent_ends_every_container_of_its_pod() {
     wait_until(TIMEOUT, "both tasks to stop", || {
         containerd.task_status(&pod) == "STOPPED" && containerd.task_status(&second) == "STOPPED"
     });
+    // Stopped means gone, not only reported so (the shim's own command
+    // line names the pod, so only the second container is looked for).
+    assert_no_container_left(&[&second]);
     containerd.finish();
     assert!(!pod_dir(&pod).exists(), "the pod directory is left");
     assert_eq!(
@@ -258,6 +251,50 @@ fn the_configuration_comes_from_the_runtime_options() {
     let out = run(&mut cmd, None);
     containerd.finish();
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "2\n"), "{out:?}");
+}
+
+#[test]
+fn a_pods_later_containers_take_the_isolation_its_first_asked_for() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    // The configured default is vm; the pod's first container asks for
+    // namespace isolation, the second asks for nothing.
+    let base =
+        std::env::var("KATA_RS_CONFIG").expect("KATA_RS_CONFIG names this build's configuration");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vm-default.toml");
+    let text = std::fs::read_to_string(&base).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("isolation = \"namespace\"", "isolation = \"vm\""),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let pod = containerd.id();
+    let first = [
+        "-d",
+        "--runtime-config-path",
+        &config,
+        "--annotation",
+        "io.kata-rs.isolation=namespace",
+    ];
+    let in_this_pod = in_pod(&pod);
+    let mut opts = first.to_vec();
+    opts.push(&in_this_pod);
+    run_ok(&mut containerd.run_command_as(&pod, &opts, &["sleep", "1000"]));
+    let (second, mut cmd) = containerd.run_command(
+        &["-d", "--runtime-config-path", &config, &in_this_pod],
+        &["sleep", "1000"],
+    );
+    run_ok(&mut cmd);
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ids = [boot_id(&containerd, &pod), boot_id(&containerd, &second)];
+    let agents = pod_backend(&pod, false).len();
+    containerd.finish();
+    assert_eq!(ids, [host.clone(), host], "not on the host's kernel");
+    assert_eq!(agents, 1, "one host agent for the pod");
+    assert_no_container_left(&[&pod, &second]);
 }
 
 #[test]

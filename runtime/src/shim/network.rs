@@ -315,7 +315,7 @@ fn pod_neighbour(neighbour: &Value, interfaces: &[&str]) -> Option<Neighbour> {
 
 /// The preference of the redirect filters kata-rs adds, so that they come
 /// off again without touching a CNI plugin's own filters.
-const FILTER_PREF: &str = "49152";
+const FILTER_PREF: &str = "19282";
 
 /// Whether interface `name` has an ingress hook already: an ingress or a
 /// clsact qdisc (as eBPF-based CNI plugins attach), which must not be

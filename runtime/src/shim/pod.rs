@@ -340,24 +340,30 @@ impl Pod {
                 .with_context(|| format!("read {}/config.json", bundle.display()))?,
         )
         .with_context(|| format!("{}/config.json is not valid JSON", bundle.display()))?;
-        share::refuse_guest_hooks(&spec).with_context(|| format!("container {id}"))?;
-        let isolation = match spec["annotations"][crate::oci::ISOLATION_ANNOTATION].as_str() {
-            Some(value) => value.parse().map_err(|e: String| {
-                anyhow!("annotation {}: {e}", crate::oci::ISOLATION_ANNOTATION)
-            })?,
-            None => self.config.runtime.isolation,
+        // A pod's later containers take its isolation; one that asks for
+        // another by annotation is refused.
+        let asked: Option<Isolation> = spec["annotations"][crate::oci::ISOLATION_ANNOTATION]
+            .as_str()
+            .map(|value| {
+                value.parse().map_err(|e: String| {
+                    anyhow!("annotation {}: {e}", crate::oci::ISOLATION_ANNOTATION)
+                })
+            })
+            .transpose()?;
+        let running = self.backend.as_ref().map(Backend::isolation);
+        let isolation = match (running, asked) {
+            (Some(running), Some(asked)) if running != asked => bail!(
+                "container {id}: its pod runs in {running} isolation, not {asked}: \
+                 the containers of one pod share one"
+            ),
+            (Some(running), _) => running,
+            (None, asked) => asked.unwrap_or(self.config.runtime.isolation),
         };
-        if let Some(running) = self.backend.as_ref().map(Backend::isolation) {
-            if running != isolation {
-                bail!(
-                    "container {id}: its pod runs in {running} isolation, not {isolation}: \
-                     the containers of one pod share one"
-                );
-            }
+        match isolation {
+            Isolation::Vm => share::refuse_guest_hooks(&spec),
+            Isolation::Namespace => refuse_host_agent_spec(&spec),
         }
-        if isolation == Isolation::Namespace {
-            refuse_hooks(&spec).with_context(|| format!("container {id}"))?;
-        }
+        .with_context(|| format!("container {id}"))?;
         let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
         let made = self.create_in(id, bundle, &spec, fifos, isolation);
         match made {
@@ -429,10 +435,21 @@ impl Pod {
                 let pid = client
                     .agent
                     .state_container(ctx(), &container_req(id))
-                    .map_err(|e| rpc_error("state", id, e))?
-                    .pid;
-                u32::try_from(pid)
-                    .map_err(|_| anyhow!("container {id}: the agent gave pid {pid}"))?
+                    .map_err(|e| rpc_error("state", id, e))
+                    .and_then(|s| {
+                        u32::try_from(s.pid)
+                            .map_err(|_| anyhow!("container {id}: the agent gave pid {}", s.pid))
+                    });
+                match pid {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        let mut req = RemoveContainerRequest::new();
+                        req.container_id = id.to_owned();
+                        req.force = true;
+                        let _ = client.agent.remove_container(ctx(), &req);
+                        return Err(e);
+                    }
+                }
             }
         };
         let mut init = Process::new(fifos, None);
@@ -530,6 +547,10 @@ impl Pod {
     ) -> Result<()> {
         let client = self.client()?.clone();
         let stdio = self.stdio()?;
+        let host_agent = match &self.backend {
+            Some(Backend::Host(host)) => Some(Arc::clone(&host.ended)),
+            _ => None,
+        };
         let c = self.container_mut(id)?;
         let p = c.process_mut(exec_id)?;
         if p.started {
@@ -566,7 +587,19 @@ impl Pod {
         let exit = Arc::clone(&p.exit);
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || {
-            let (status, oom_killed) = monitor::wait_for_exit(&client, &id, &exec_id);
+            let (status, oom_killed) = monitor::wait_process(&client, &id, &exec_id)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(id, exec_id, error = %e, "the process could not be waited for");
+                    // An agent on the host that died leaves its containers
+                    // running until they are removed: the exit is not told
+                    // before that.
+                    if let Some(ended) = &host_agent {
+                        if !ended.wait(Duration::from_secs(30)) {
+                            tracing::warn!(id, "the host agent's containers are not gone yet");
+                        }
+                    }
+                    (monitor::LOST_STATUS, false)
+                });
             let exited = Exited {
                 status: status as u32,
                 at: SystemTime::now(),
@@ -724,7 +757,11 @@ impl Pod {
             }
             Some(Backend::Host(host)) => {
                 host.stop();
-                super::host::remove_leftovers(&self.dir);
+                if !super::host::remove_leftovers(&self.dir) {
+                    // shim delete, or an operator, needs the engine's state.
+                    tracing::warn!(dir = %self.dir.display(), "containers are left; keeping the pod directory");
+                    return;
+                }
             }
             None => {}
         }
@@ -751,28 +788,34 @@ fn host_spec(bundle: &Path, spec: &Value) -> Value {
         spec["root"]["path"] = absolute(&root).into();
     }
     for m in spec["mounts"].as_array_mut().into_iter().flatten() {
-        let bind = m["type"] == "bind"
-            || m["options"]
-                .as_array()
-                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        if !share::is_bind(m) {
+            continue;
+        }
         if let Some(source) = m["source"].as_str().filter(|s| Path::new(s).is_relative()) {
-            if bind {
-                m["source"] = absolute(source).into();
-            }
+            m["source"] = absolute(source).into();
         }
     }
     spec
 }
 
-/// Hooks are not run for a container on the host agent yet: refused by
-/// name rather than left out.
-fn refuse_hooks(spec: &Value) -> Result<()> {
+/// What the host agent cannot do yet is refused by name rather than left
+/// out: hooks, and the systemd cgroup driver's "slice:prefix:name" paths
+/// (it manages cgroupfs paths, and would make that one outside the slice).
+fn refuse_host_agent_spec(spec: &Value) -> Result<()> {
     if let Some(hooks) = spec["hooks"].as_object() {
         if let Some((kind, _)) = hooks
             .iter()
             .find(|(_, h)| h.as_array().is_some_and(|h| !h.is_empty()))
         {
             bail!("{kind} hooks are not run by the shim in namespace isolation yet");
+        }
+    }
+    if let Some(path) = spec["linux"]["cgroupsPath"].as_str() {
+        if path.split(':').count() == 3 {
+            bail!(
+                "cgroupsPath {path:?} is the systemd cgroup driver's; the shim in namespace \
+                 isolation takes cgroupfs paths only so far (kubelet's cgroupDriver: cgroupfs)"
+            );
         }
     }
     Ok(())
@@ -843,7 +886,10 @@ pub fn clean_up_after(dir: &Path) {
             }
         }
     }
-    super::host::remove_leftovers(dir);
+    if !super::host::remove_leftovers(dir) {
+        tracing::warn!(dir = %dir.display(), "containers are left; keeping the pod directory");
+        return;
+    }
     let share = state::share_dir(dir);
     if let Ok(entries) = std::fs::read_dir(&share) {
         for e in entries.flatten() {

@@ -23,7 +23,7 @@ pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a process that could not be waited for (its VM is gone) reports:
 /// it was killed, as by SIGKILL.
-const LOST_STATUS: i32 = 128 + 9;
+pub const LOST_STATUS: i32 = 128 + 9;
 
 /// One process to stand for.
 #[derive(Debug, Clone)]
@@ -88,20 +88,27 @@ pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) 
 /// Waits for process (`container_id`, `exec_id`) in the guest; returns its
 /// exit status and whether the OOM killer ended it. A process that cannot
 /// be waited for (its VM is gone) reports [`LOST_STATUS`].
-pub fn wait_for_exit(client: &AgentClient, container_id: &str, exec_id: &str) -> (i32, bool) {
+fn wait_for_exit(client: &AgentClient, container_id: &str, exec_id: &str) -> (i32, bool) {
+    wait_process(client, container_id, exec_id).unwrap_or_else(|e| {
+        tracing::warn!(id = %container_id, exec_id, error = %e, "the process could not be waited for");
+        (LOST_STATUS, false)
+    })
+}
+
+/// The process's exit status and whether the OOM killer ended it, once it
+/// exited; an error when the agent could not tell.
+pub fn wait_process(
+    client: &AgentClient,
+    container_id: &str,
+    exec_id: &str,
+) -> ttrpc::Result<(i32, bool)> {
     let mut req = ProcessRequest::new();
     req.container_id = container_id.to_owned();
     req.exec_id = exec_id.to_owned();
-    match client
+    client
         .agent
         .wait_process(ttrpc::context::Context::default(), &req)
-    {
-        Ok(resp) => (resp.exit_status, resp.oom_killed),
-        Err(e) => {
-            tracing::warn!(id = %container_id, exec_id, error = %e, "the process could not be waited for");
-            (LOST_STATUS, false)
-        }
-    }
+        .map(|resp| (resp.exit_status, resp.oom_killed))
 }
 
 /// A host pty whose master goes to the console socket (as runc sends it)

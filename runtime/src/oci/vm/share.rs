@@ -12,7 +12,7 @@ use serde_json::Value;
 const ROOTFS: &str = "rootfs";
 const MOUNTS: &str = "mounts";
 
-fn is_bind(m: &Value) -> bool {
+pub(crate) fn is_bind(m: &Value) -> bool {
     m["type"] == "bind"
         || m["options"]
             .as_array()
