@@ -281,7 +281,8 @@ impl Containers {
         Ok(())
     }
 
-    pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<()> {
+    /// Starts exec `exec_id` in container `id`; its pid.
+    pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<i32> {
         let entry = self.entry(id)?;
         if exec_id.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -321,8 +322,9 @@ impl Containers {
             pid = started.pid,
             "process started"
         );
+        let pid = started.pid;
         lock(&entry.procs).insert(exec_id.to_owned(), started.watch(id, exec_id, exit));
-        Ok(())
+        Ok(pid)
     }
 
     pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {

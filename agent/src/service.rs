@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use kata_rs_protocol::agent::{
     ContainerRequest, CreateContainerRequest, DestroySandboxRequest, DestroySandboxResponse, Empty,
-    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesResponse,
-    ProcessRequest, RemoveContainerRequest, SetupPodNetworkRequest, SignalProcessRequest,
-    StateContainerResponse, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
-    WaitProcessResponse,
+    ExecProcessRequest, ExecProcessResponse, GuestDetailsRequest, GuestDetailsResponse,
+    ListProcessesResponse, ProcessRequest, RemoveContainerRequest, SetupPodNetworkRequest,
+    SignalProcessRequest, StateContainerResponse, StatsContainerResponse, TtyWinResizeRequest,
+    UpdateContainerRequest, WaitProcessResponse,
 };
 use kata_rs_protocol::health::{
     health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionRequest,
@@ -187,12 +187,19 @@ impl agent_ttrpc::AgentService for AgentService {
         Ok(Empty::new())
     }
 
-    fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
         let (id, exec_id) = (&req.container_id, &req.exec_id);
-        self.containers
+        let pid = self
+            .containers
             .exec(id, exec_id, &req.process_json)
             .map_err(status("ExecProcess", id, exec_id))?;
-        Ok(Empty::new())
+        let mut resp = ExecProcessResponse::new();
+        resp.pid = pid;
+        Ok(resp)
     }
 
     fn signal_process(

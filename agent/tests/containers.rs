@@ -84,16 +84,17 @@ impl Agent {
         self.client.agent.start_container(ctx(), &req).map(|_| ())
     }
 
-    fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> ttrpc::Result<()> {
+    /// Starts an exec; its pid.
+    fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> ttrpc::Result<i32> {
         self.exec_process(id, exec_id, &process(args))
     }
 
-    fn exec_process(&self, id: &str, exec_id: &str, process: &Value) -> ttrpc::Result<()> {
+    fn exec_process(&self, id: &str, exec_id: &str, process: &Value) -> ttrpc::Result<i32> {
         let mut req = ExecProcessRequest::new();
         req.container_id = id.into();
         req.exec_id = exec_id.into();
         req.process_json = serde_json::to_vec(process).unwrap();
-        self.client.agent.exec_process(ctx(), &req).map(|_| ())
+        self.client.agent.exec_process(ctx(), &req).map(|r| r.pid)
     }
 
     fn wait(&self, id: &str, exec_id: &str) -> ttrpc::Result<i32> {
@@ -262,7 +263,11 @@ fn exec_close_stdin_signals_and_forced_removal() {
     assert_eq!(agent.wait("box", "e2").unwrap(), 0);
     assert_eq!(read_all(out), "");
 
-    agent.exec("box", "e3", &["sleep", "1000"]).unwrap();
+    let pid = agent.exec("box", "e3", &["sleep", "1000"]).unwrap();
+    let mut req = ContainerRequest::new();
+    req.container_id = "box".into();
+    let pids = agent.client.agent.list_processes(ctx(), &req).unwrap().pids;
+    assert!(pids.contains(&pid), "exec pid {pid} not among {pids:?}");
     let mut req = SignalProcessRequest::new();
     req.container_id = "box".into();
     req.exec_id = "e3".into();

@@ -85,6 +85,8 @@ pub struct Process {
     relays: Option<Relays>,
     pub exit: Arc<ExitCell>,
     pub started: bool,
+    /// An exec's pid where the agent runs, once started.
+    pid: u32,
 }
 
 impl Process {
@@ -95,6 +97,7 @@ impl Process {
             relays: None,
             exit: Arc::default(),
             started: false,
+            pid: 0,
         }
     }
 
@@ -196,14 +199,20 @@ impl Pod {
         Ok(())
     }
 
-    /// What containerd is told as the pid of container `id`'s tasks: in a
-    /// VM, the VMM's, since the container's own processes live in the
-    /// guest; on the host, the container's init (CRI names a pod's
-    /// namespaces after its sandbox's).
-    pub fn task_pid(&self, id: &str) -> u32 {
+    /// What containerd is told as the pid of process `exec_id` (the init
+    /// when empty) of container `id`: in a VM, the VMM's, since the
+    /// container's own processes live in the guest; on the host, the
+    /// process's own (CRI names a pod's namespaces after its sandbox's).
+    pub fn task_pid(&self, id: &str, exec_id: &str) -> u32 {
         match &self.backend {
             Some(Backend::Vm(vm)) => vm.sandbox.vmm_pid(),
-            Some(Backend::Host(_)) => self.containers.get(id).map_or(0, |c| c.pid),
+            Some(Backend::Host(_)) => self.containers.get(id).map_or(0, |c| {
+                if exec_id.is_empty() {
+                    c.pid
+                } else {
+                    c.execs.get(exec_id).map_or(0, |p| p.pid)
+                }
+            }),
             None => 0,
         }
     }
@@ -571,11 +580,14 @@ impl Pod {
             req.container_id = id.to_owned();
             req.exec_id = exec_id.to_owned();
             req.process_json = serde_json::to_vec(&p.exec_spec.take().unwrap_or_default())?;
-            if let Err(e) = client.agent.exec_process(ctx(), &req) {
-                if let Some(r) = p.relays.take() {
-                    r.close_stdin();
+            match client.agent.exec_process(ctx(), &req) {
+                Ok(resp) => p.pid = u32::try_from(resp.pid).unwrap_or_default(),
+                Err(e) => {
+                    if let Some(r) = p.relays.take() {
+                        r.close_stdin();
+                    }
+                    return Err(rpc_error("exec", id, e));
                 }
-                return Err(rpc_error("exec", id, e));
             }
         }
         p.started = true;

@@ -133,7 +133,7 @@ impl Task for Service {
         }
         pod.create(&req.id, &PathBuf::from(&req.bundle), &rootfs, fifos)
             .map_err(to_ttrpc)?;
-        let pid = pod.task_pid(&req.id);
+        let pid = pod.task_pid(&req.id, "");
         drop(pod);
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -164,12 +164,12 @@ impl Task for Service {
         let events = self.events.clone();
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         let mut pod = self.pod();
-        let pid = pod.task_pid(&req.id);
         // containerd wants the start event before the exit event, even of a
-        // process that ends at once: the exit waits until start is out.
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        // process that ends at once: the exit waits until start is out, and
+        // learns the pid (known once started) from it.
+        let (started_tx, started) = std::sync::mpsc::channel::<u32>();
         let on_exit = move |exited: Exited| {
-            let _ = started.recv();
+            let pid = started.recv().unwrap_or_default();
             if exited.oom_killed {
                 events.publish(
                     topics::TASK_OOM_EVENT_TOPIC,
@@ -193,6 +193,7 @@ impl Task for Service {
         };
         pod.start(&req.id, &req.exec_id, on_exit)
             .map_err(to_ttrpc)?;
+        let pid = pod.task_pid(&req.id, &req.exec_id);
         drop(pod);
         if req.exec_id.is_empty() {
             self.events.publish(
@@ -214,7 +215,7 @@ impl Task for Service {
                 }),
             );
         }
-        drop(started_tx);
+        let _ = started_tx.send(pid);
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -224,7 +225,7 @@ impl Task for Service {
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         tracing::info!(id = %req.id, exec_id = %req.exec_id, "delete");
         let mut pod = self.pod();
-        let pid = pod.task_pid(&req.id);
+        let pid = pod.task_pid(&req.id, &req.exec_id);
         let cell = pod
             .container(&req.id)
             .and_then(|c| c.process(&req.exec_id))
@@ -305,7 +306,7 @@ impl Task for Service {
                 req.exec_id.clone()
             },
             bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: pod.task_pid(&req.id),
+            pid: pod.task_pid(&req.id, &req.exec_id),
             status: status.into(),
             stdin: p.fifos.stdin.clone(),
             stdout: p.fifos.stdout.clone(),
@@ -419,7 +420,7 @@ impl Task for Service {
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: self.pod().task_pid(&req.id),
+            task_pid: self.pod().task_pid(&req.id, ""),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ..Default::default()
         })
