@@ -126,7 +126,7 @@ fn boot_check_in(config: &Config, timeout: Duration, dir: &Path) -> Result<()> {
         details.mem_total_bytes >> 20,
         details.kernel_release
     );
-    let status = sandbox.destroy(&client)?;
+    let status = sandbox.destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)?;
     anyhow::ensure!(
         status.success(),
         "the VMM exited with {status} after DestroySandbox"

@@ -18,8 +18,9 @@ use crate::config::{resolve_program, Hypervisor};
 const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Bound for one hybrid vsock handshake attempt.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a VMM has to exit after DestroySandbox before it is killed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a VMM has to exit after DestroySandbox before it is killed,
+/// unless the caller says otherwise.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -230,15 +231,19 @@ impl VmSandbox {
     }
 
     /// Asks the agent to shut the guest down and waits for the VMM to exit;
-    /// kills it if it does not within the grace period.
-    pub fn destroy(mut self, client: &AgentClient) -> Result<ExitStatus, SandboxError> {
+    /// kills it if it does not within `grace`.
+    pub fn destroy(
+        mut self,
+        client: &AgentClient,
+        grace: Duration,
+    ) -> Result<ExitStatus, SandboxError> {
         let req = kata_rs_protocol::agent::DestroySandboxRequest::new();
         let ctx = ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64);
         if let Err(e) = client.agent.destroy_sandbox(ctx, &req) {
             tracing::warn!(error = %e, "DestroySandbox failed; killing the VMM");
             let _ = self.vmm.kill();
         }
-        self.wait_exit(SHUTDOWN_GRACE)
+        self.wait_exit(grace)
     }
 
     /// Waits up to `grace` for the VMM to exit, then kills it.

@@ -104,9 +104,15 @@ impl Node {
     fn remove(&self, pod: &str) {
         self.cri.stop_pod(pod).expect("StopPodSandbox");
         self.cri.remove_pod(pod).expect("RemovePodSandbox");
-        wait_until(TIMEOUT, "the pod's host processes to end", || {
-            processes_mentioning(pod).is_empty()
-        });
+        let deadline = Instant::now() + TIMEOUT;
+        while !processes_mentioning(pod).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the pod's host processes did not end: {:?}",
+                processes_mentioning(pod)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(!pod_dir(pod).exists(), "the pod directory is left");
         let host_end = host_veth(pod);
         assert!(

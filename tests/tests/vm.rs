@@ -49,7 +49,9 @@ fn agent_serves_health_and_version_then_destroy_stops_the_vm() {
     assert_eq!(version.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(version.protocol_version, kata_rs_protocol::PROTOCOL_VERSION);
 
-    let status = sandbox.destroy(&client).unwrap();
+    let status = sandbox
+        .destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)
+        .unwrap();
     assert!(
         status.success(),
         "VMM exit status after DestroySandbox: {status}"
@@ -82,7 +84,10 @@ fn guest_details_report_two_vcpus_and_the_memory_size() {
         "{}",
         details.kernel_release
     );
-    assert!(sandbox.destroy(&client).unwrap().success());
+    assert!(sandbox
+        .destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)
+        .unwrap()
+        .success());
 }
 
 #[test]
@@ -202,7 +207,10 @@ fn killed_vmm_leaves_nothing_the_next_run_trips_on() {
     // replace it and work.
     let (sandbox, client) = boot_agent(1, 256, dir.path());
     assert_eq!(sandbox.vsock_uds(), uds);
-    assert!(sandbox.destroy(&client).unwrap().success());
+    assert!(sandbox
+        .destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)
+        .unwrap()
+        .success());
     assert!(!uds.exists());
 }
 

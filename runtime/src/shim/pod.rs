@@ -760,7 +760,7 @@ impl Pod {
     pub fn shut_down(&mut self) {
         match self.backend.take() {
             Some(Backend::Vm(vm)) => {
-                if let Err(e) = vm.sandbox.destroy(&vm.client) {
+                if let Err(e) = vm.sandbox.destroy(&vm.client, TEARDOWN_GRACE) {
                     tracing::warn!(error = %e, "stop the pod's VM");
                 }
                 vm.virtiofsd.signal(Signal::SIGTERM);
@@ -788,6 +788,13 @@ impl Pod {
         }
     }
 }
+
+/// How long a pod's guest has to power off before its VMM is killed. Its
+/// containers are gone by then and nothing in it is kept, while the pod
+/// lock is held meanwhile: containerd's calls (State, and the deletes of
+/// its sandbox-exit handler, bounded at 10 s) wait on it. Two guests
+/// shutting down at once in the emulated KVM host took over 30 s.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// The spec as the host agent runs it: the bundle's, with the root and
 /// relative bind mount sources made absolute (they are the bundle's, and
