@@ -368,11 +368,12 @@ impl Pod {
             (Some(running), _) => running,
             (None, asked) => asked.unwrap_or(self.config.runtime.isolation),
         };
-        match isolation {
-            Isolation::Vm => share::refuse_guest_hooks(&spec),
-            Isolation::Namespace => refuse_host_agent_spec(&spec),
-        }
-        .with_context(|| format!("container {id}"))?;
+        refuse_hooks(&spec)
+            .and_then(|()| match isolation {
+                Isolation::Vm => Ok(()),
+                Isolation::Namespace => refuse_systemd_cgroup(&spec),
+            })
+            .with_context(|| format!("container {id}"))?;
         let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
         let made = self.create_in(id, bundle, &spec, fifos, isolation);
         match made {
@@ -817,18 +818,24 @@ fn host_spec(bundle: &Path, spec: &Value) -> Value {
     spec
 }
 
-/// What the host agent cannot do yet is refused by name rather than left
-/// out: hooks, and the systemd cgroup driver's "slice:prefix:name" paths
-/// (it manages cgroupfs paths, and would make that one outside the slice).
-fn refuse_host_agent_spec(spec: &Value) -> Result<()> {
+/// Hooks are refused by name rather than left out: the agent drops them
+/// (in a VM, createContainer and startContainer would have to run in the
+/// guest, and the others on the host), and the shim runs none yet.
+fn refuse_hooks(spec: &Value) -> Result<()> {
     if let Some(hooks) = spec["hooks"].as_object() {
         if let Some((kind, _)) = hooks
             .iter()
             .find(|(_, h)| h.as_array().is_some_and(|h| !h.is_empty()))
         {
-            bail!("{kind} hooks are not run by the shim in namespace isolation yet");
+            bail!("{kind} hooks are not run by the shim yet (kata-rs run and create, through conmon or containerd's runc shim, run them)");
         }
     }
+    Ok(())
+}
+
+/// The host agent manages cgroupfs paths: the systemd cgroup driver's
+/// "slice:prefix:name" would become one outside the pod's slice.
+fn refuse_systemd_cgroup(spec: &Value) -> Result<()> {
     if let Some(path) = spec["linux"]["cgroupsPath"].as_str() {
         if path.split(':').count() == 3 {
             bail!(
@@ -1041,6 +1048,23 @@ mod tests {
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
         cell.release();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(3));
+    }
+
+    #[test]
+    fn hooks_and_systemd_cgroup_paths_are_refused_by_name() {
+        let err = refuse_hooks(&json!({"hooks": {"prestart": [{"path": "/bin/true"}]}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prestart hooks are not run by the shim"),
+            "{err}"
+        );
+        assert!(refuse_hooks(&json!({"hooks": {"poststop": []}})).is_ok());
+        let systemd = json!({"linux": {"cgroupsPath": "kubepods.slice:cri-containerd:abc"}});
+        let err = refuse_systemd_cgroup(&systemd).unwrap_err().to_string();
+        assert!(err.contains("systemd cgroup driver"), "{err}");
+        let cgroupfs = json!({"linux": {"cgroupsPath": "/kubepods/besteffort/pod1/abc"}});
+        assert!(refuse_systemd_cgroup(&cgroupfs).is_ok());
     }
 
     #[test]
