@@ -5,7 +5,6 @@
 //! run them.
 
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -87,18 +86,9 @@ impl HostAgent {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // A session of its own: a signal to the shim's group (a terminal's
-        // Ctrl-C under `ctr run`) is not the containers' to get.
-        // SAFETY: setsid is async-signal-safe and touches no Rust state.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", program.display()))?;
+        // A signal to the shim's group (a terminal's Ctrl-C under `ctr run`)
+        // is not the containers' to get.
+        let mut child = crate::oci::vm::spawn_in_own_session(&mut cmd, &program)?;
         match connect(&mut child, &socket, &log_path) {
             Ok((process, client)) => {
                 tracing::info!(pid = process.pid, "agent started on the host");

@@ -461,14 +461,23 @@ mod tests {
         );
     }
 
-    fn ip_in(netns: &str, args: &str) -> String {
-        let out = Command::new("ip")
+    /// What `program` (ip or tc) prints for `args` in namespace `netns`.
+    fn iproute2_in(program: &str, netns: &str, args: &str) -> String {
+        let out = Command::new(program)
             .args(["-n", netns])
             .args(args.split_whitespace())
             .output()
             .unwrap();
-        assert!(out.status.success(), "ip -n {netns} {args}: {out:?}");
+        assert!(out.status.success(), "{program} -n {netns} {args}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ip_in(netns: &str, args: &str) -> String {
+        iproute2_in("ip", netns, args)
+    }
+
+    fn tc_in(netns: &str, args: &str) -> String {
+        iproute2_in("tc", netns, args)
     }
 
     /// A network namespace set up as a CNI plugin would: a veth with an
@@ -557,16 +566,6 @@ mod tests {
         assert!(!String::from_utf8_lossy(&out.stdout).contains("ingress"));
         drop(network);
         assert!(!ip_in(&ns.0, "-o link show").contains("tap0_kr"));
-    }
-
-    fn tc_in(netns: &str, args: &str) -> String {
-        let out = Command::new("tc")
-            .args(["-n", netns])
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tc -n {netns} {args}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     #[test]

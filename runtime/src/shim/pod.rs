@@ -453,10 +453,7 @@ impl Pod {
                 match pid {
                     Ok(pid) => pid,
                     Err(e) => {
-                        let mut req = RemoveContainerRequest::new();
-                        req.container_id = id.to_owned();
-                        req.force = true;
-                        let _ = client.agent.remove_container(ctx(), &req);
+                        let _ = force_remove(client, id);
                         return Err(e);
                     }
                 }
@@ -732,11 +729,8 @@ impl Pod {
         }
         let exited = c.init.exit.get();
         if let Ok(client) = self.client() {
-            let mut req = RemoveContainerRequest::new();
-            req.container_id = id.to_owned();
-            req.force = true;
-            if let Err(e) = client.agent.remove_container(ctx(), &req) {
-                tracing::warn!(id, error = %e, "remove the container in the guest");
+            if let Err(e) = force_remove(client, id) {
+                tracing::warn!(id, error = %e, "remove the container in the agent");
             }
         }
         if let Some(c) = self.containers.remove(id) {
@@ -925,6 +919,14 @@ pub fn clean_up_after(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Has the agent remove container `id`, killing what still runs of it.
+fn force_remove(client: &AgentClient, id: &str) -> ttrpc::Result<()> {
+    let mut req = RemoveContainerRequest::new();
+    req.container_id = id.to_owned();
+    req.force = true;
+    client.agent.remove_container(ctx(), &req).map(|_| ())
 }
 
 fn name(exec_id: &str) -> &str {

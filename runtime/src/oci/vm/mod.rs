@@ -21,7 +21,7 @@ use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -323,16 +323,7 @@ pub(crate) fn start_virtiofsd(config: &Config, dir: &Path) -> Result<ProcRef> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches no Rust state.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("start {}", program.display()))?;
+    let mut child = spawn_in_own_session(&mut cmd, &program)?;
     let deadline = Instant::now() + VIRTIOFSD_READY;
     while !socket.exists() {
         if let Some(status) = child.try_wait()? {
@@ -347,6 +338,20 @@ pub(crate) fn start_virtiofsd(config: &Config, dir: &Path) -> Result<ProcRef> {
         std::thread::sleep(Duration::from_millis(10));
     }
     ProcRef::of(child.id() as i32).context("virtiofsd vanished")
+}
+
+/// Spawns `cmd` (running `program`) as a session of its own: the signals a
+/// terminal sends the caller's group are not its to get.
+pub(crate) fn spawn_in_own_session(cmd: &mut Command, program: &Path) -> Result<Child> {
+    // SAFETY: setsid is async-signal-safe and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("start {}", program.display()))
 }
 
 /// The VM's memory: the configured size plus the container's memory limit,
