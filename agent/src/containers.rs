@@ -73,6 +73,10 @@ pub struct Config {
     /// init the agent's root is the initramfs, which pivot_root refuses to
     /// move.
     pub no_pivot: bool,
+    /// Run the spec's hooks, as runc does: only on a host, where their
+    /// paths are the host's. A guest's agent drops them; the host runs a VM
+    /// container's hooks itself.
+    pub run_hooks: bool,
 }
 
 pub struct Containers {
@@ -189,8 +193,9 @@ impl Containers {
         validate_id(id)?;
         let mut spec: Spec = serde_json::from_slice(spec_json)
             .map_err(|e| Error::InvalidArgument(format!("container {id}: bad spec JSON: {e}")))?;
-        // The host runs the hooks; the agent never runs host paths.
-        spec.set_hooks(None);
+        if !self.config.run_hooks {
+            spec.set_hooks(None);
+        }
         let root = spec.root().as_ref().ok_or_else(|| {
             Error::InvalidArgument(format!("container {id}: the spec has no root"))
         })?;
@@ -276,7 +281,8 @@ impl Containers {
     pub fn start(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _ops = lock(&entry.ops);
-        self.engine.load(id)?.start()?;
+        // The poststart hooks are the engine's children, waited for by it.
+        self.reaper.hold(|| self.engine.load(id)?.start())?;
         tracing::info!(container_id = id, "container started");
         Ok(())
     }
@@ -444,7 +450,8 @@ impl Containers {
     pub fn remove(&self, id: &str, force: bool) -> Result<()> {
         let entry = self.entry(id)?;
         let _ops = lock(&entry.ops);
-        self.engine.load(id)?.delete(force)?;
+        // As are the poststop hooks.
+        self.reaper.hold(|| self.engine.load(id)?.delete(force))?;
         lock(&self.table).remove(id);
         self.streams.discard(id);
         let _ = std::fs::remove_dir_all(self.bundle_dir(id));

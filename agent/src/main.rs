@@ -93,6 +93,7 @@ fn run(args: Args) -> Result<()> {
             state_dir: args.state_dir.clone(),
             mount_share: false,
             no_pivot: false,
+            run_hooks: true,
         };
         let (_server, sockets) = serve(&args, Teardown::Exit, config, reaper)?;
         let signal = stop.wait().context("waiting for SIGINT/SIGTERM")?;
@@ -123,6 +124,7 @@ fn run(args: Args) -> Result<()> {
         state_dir: args.state_dir.clone(),
         mount_share: true,
         no_pivot: true,
+        run_hooks: false,
     };
     let _server = serve(&args, Teardown::Reboot, config, reaper)?;
     // The server and the reaper run on their own threads; PID 1 must never

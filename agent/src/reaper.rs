@@ -13,11 +13,11 @@
 //! immediately cannot be reaped before its owner is registered.
 //!
 //! The same lock keeps the reaper away from libcontainer's own waits. The
-//! engine's create and exec (the only engine calls that make processes;
-//! the agent strips hooks from specs, so nothing else spawns or waits) fork
-//! an intermediate process and `waitpid` that specific pid before they
-//! return. They run inside `watch`, so while they run no reap happens and
-//! the intermediate's status is still there for libcontainer. Any other
+//! engine's create and exec fork an intermediate process and `waitpid`
+//! that specific pid before they return; on a host, where the agent runs
+//! hooks, create, start and delete also spawn each hook and wait for it.
+//! They run inside `watch` or `hold`, so while they run no reap happens
+//! and the status is still there for libcontainer. Any other
 //! child that exits meanwhile stays a zombie until the lock is released;
 //! its SIGCHLD is pending, so the reaper's next sigwait returns at once.
 //! The container's init is cloned as a sibling of the intermediate, hence
@@ -107,6 +107,13 @@ impl Reaper {
         let (tx, rx) = mpsc::channel();
         watched.insert(pid, tx);
         Ok((value, rx))
+    }
+
+    /// Runs `f`, which waits for children of its own, with reaping held
+    /// off.
+    pub fn hold<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _watched = self.lock();
+        f()
     }
 
     /// Reaps every child that has exited, without blocking.

@@ -847,10 +847,19 @@ impl Containerd {
 
     /// The task's status as `ctr task ls` shows it (RUNNING, PAUSED, ...).
     pub fn task_status(&self, id: &str) -> String {
+        self.task_column(id, 2)
+    }
+
+    /// The task's pid as containerd has it from the shim.
+    pub fn task_pid(&self, id: &str) -> String {
+        self.task_column(id, 1)
+    }
+
+    fn task_column(&self, id: &str, column: usize) -> String {
         run_ok(&mut self.ctr(&["task", "ls"]))
             .lines()
             .find(|line| line.split_whitespace().next() == Some(id))
-            .and_then(|line| line.split_whitespace().nth(2))
+            .and_then(|line| line.split_whitespace().nth(column))
             .unwrap_or("")
             .to_owned()
     }

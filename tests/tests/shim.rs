@@ -10,7 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary};
+use serde_json::{json, Value};
+
+use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary, write_script, Bundle};
 use kata_rs_tests::peers::{
     run, run_ok, tty_sizes, wait_until, Containerd, Spawned, TtySession, STTY_LOOP, TIMEOUT,
     TRAP_TERM,
@@ -316,4 +318,106 @@ fn a_killed_shim_leaves_nothing_once_containerd_cleans_up() {
     });
     containerd.finish();
     assert_no_container_left(&[&pod]);
+}
+
+/// A bundle for `ctr run --config` (the spec whole, with its root on the
+/// host) whose hooks each append "KIND STATE" to the bundle's `trace`.
+fn bundle_with_hooks(id: &str, args: &[&str], kinds: &[&str]) -> Bundle {
+    let mut bundle = Bundle::new(id, args);
+    let hook = bundle.path().join("hook.sh");
+    let trace = bundle.path().join("trace");
+    write_script(&hook, &format!("echo \"$1 $(cat)\" >> {}", trace.display()));
+    let hooks: serde_json::Map<String, Value> = kinds
+        .iter()
+        .map(|kind| {
+            let entry = json!([{"path": hook.to_str().unwrap(), "args": ["hook.sh", kind]}]);
+            ((*kind).to_owned(), entry)
+        })
+        .collect();
+    bundle.config["hooks"] = hooks.into();
+    bundle.config["root"]["path"] = bundle.rootfs().to_string_lossy().into_owned().into();
+    bundle.save();
+    bundle
+}
+
+/// What the hooks of [`bundle_with_hooks`] saw: kind, status and pid.
+fn hook_trace(bundle: &Bundle) -> Vec<(String, String, i64)> {
+    std::fs::read_to_string(bundle.path().join("trace"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (kind, state) = line.split_once(' ').unwrap();
+            let state: Value = serde_json::from_str(state).unwrap();
+            let status = state["status"].as_str().unwrap_or_default().to_owned();
+            (kind.to_owned(), status, state["pid"].as_i64().unwrap_or(0))
+        })
+        .collect()
+}
+
+#[test]
+fn the_bundles_hooks_run_on_the_host_in_order() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    let id = containerd.id();
+    // Where the container's namespaces are the host's, the host agent's
+    // engine runs createContainer too (in the container's mount namespace,
+    // before pivot_root, so the trace is still in reach); a VM's guest
+    // would have to, and refuses it (below).
+    let mut kinds = vec!["prestart", "createRuntime", "poststart", "poststop"];
+    if isolation() == "namespace" {
+        kinds.insert(2, "createContainer");
+    }
+    let bundle = bundle_with_hooks(&id, &["sleep", "1000"], &kinds);
+    let config = bundle.path().join("config.json");
+    let mut cmd = containerd.ctr(&["run", "--runtime", "io.containerd.kata-rs.v2", "-d"]);
+    run_ok(cmd.arg("--config").arg(&config).arg(&id));
+    let pid: i64 = containerd.task_pid(&id).parse().unwrap();
+    let before_stop = hook_trace(&bundle);
+    containerd.finish();
+    let trace = hook_trace(&bundle);
+    assert_eq!(before_stop.len(), kinds.len() - 1, "{before_stop:?}");
+    let ran: Vec<&str> = trace.iter().map(|(kind, ..)| kind.as_str()).collect();
+    assert_eq!(ran, kinds, "{trace:?}");
+    let statuses: Vec<&str> = trace.iter().map(|(_, s, _)| s.as_str()).collect();
+    let mut want = vec!["creating"; kinds.len() - 2];
+    want.extend(["running", "stopped"]);
+    assert_eq!(statuses, want, "{trace:?}");
+    // The pid containerd has for the task: the VMM's, or the container's
+    // init on the host. (libcontainer gives createContainer hooks no pid.)
+    assert!(
+        trace[..kinds.len() - 1]
+            .iter()
+            .filter(|(kind, ..)| kind != "createContainer")
+            .all(|(_, _, p)| *p == pid),
+        "the task's pid is {pid}: {trace:?}"
+    );
+    assert!(!pod_dir(&id).exists(), "the pod directory is left");
+}
+
+#[test]
+fn a_failing_or_guest_side_hook_stops_create_and_leaves_nothing() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    let mut cases = vec![("failing prestart", "prestart", "hook")];
+    if isolation() == "vm" {
+        cases.push(("startContainer in a VM", "startContainer", "inside the VM"));
+    }
+    for (case, kind, says) in cases {
+        let id = containerd.id();
+        let mut bundle = bundle_with_hooks(&id, &["true"], &[]);
+        let failing = bundle.path().join("fail.sh");
+        write_script(&failing, "echo hook-says-no >&2; exit 5");
+        bundle.config["hooks"] = json!({kind: [{"path": failing.to_str().unwrap()}]});
+        bundle.save();
+        let config = bundle.path().join("config.json");
+        let mut cmd = containerd.ctr(&["run", "--runtime", "io.containerd.kata-rs.v2", "--rm"]);
+        let out = run(cmd.arg("--config").arg(&config).arg(&id), None);
+        assert_ne!(out.code, Some(0), "{case}: {out:?}");
+        assert!(out.stderr.contains(says), "{case}: {out:?}");
+        assert!(!pod_dir(&id).exists(), "{case}: the pod directory is left");
+        assert_eq!(pod_processes(&id), Vec::<String>::new(), "{case}");
+    }
+    containerd.finish();
 }

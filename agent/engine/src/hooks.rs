@@ -5,38 +5,70 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use libcontainer::container::{ContainerStatus, State};
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::Hooks;
 
 use crate::error::{chain, EngineError, Result};
 
-/// Runs `hooks` in order with the container's OCI state on their stdin;
-/// the first failure (or timeout) stops and is returned.
+/// The hooks that run on the host, outside the container's namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostHook {
+    Prestart,
+    CreateRuntime,
+    Poststart,
+    Poststop,
+}
+
+impl HostHook {
+    pub fn name(self) -> &'static str {
+        match self {
+            HostHook::Prestart => "prestart",
+            HostHook::CreateRuntime => "createRuntime",
+            HostHook::Poststart => "poststart",
+            HostHook::Poststop => "poststop",
+        }
+    }
+
+    /// The container's status in the state these hooks read, as runc
+    /// gives it: still "creating" before start.
+    fn status(self) -> ContainerStatus {
+        match self {
+            HostHook::Prestart | HostHook::CreateRuntime => ContainerStatus::Creating,
+            HostHook::Poststart => ContainerStatus::Running,
+            HostHook::Poststop => ContainerStatus::Stopped,
+        }
+    }
+
+    fn of(self, hooks: &Hooks) -> Option<&Vec<oci_spec::runtime::Hook>> {
+        match self {
+            // Deprecated by the runtime spec, still what most hook tools use.
+            #[allow(deprecated)]
+            HostHook::Prestart => hooks.prestart().as_ref(),
+            HostHook::CreateRuntime => hooks.create_runtime().as_ref(),
+            HostHook::Poststart => hooks.poststart().as_ref(),
+            HostHook::Poststop => hooks.poststop().as_ref(),
+        }
+    }
+}
+
+/// Runs the `kind` hooks of `hooks` in order with the container's OCI state
+/// on their stdin; the first failure (or timeout) stops and is returned.
 pub fn run(
-    kind: &'static str,
-    hooks: &[Hook],
+    kind: HostHook,
+    hooks: Option<&Hooks>,
     id: &str,
-    status: &str,
     pid: i32,
     bundle: &Path,
     annotations: &HashMap<String, String>,
 ) -> Result<()> {
-    if hooks.is_empty() {
+    let Some(list) = hooks.and_then(|h| kind.of(h)).filter(|l| !l.is_empty()) else {
         return Ok(());
-    }
-    let status = match status {
-        "creating" => ContainerStatus::Creating,
-        "created" => ContainerStatus::Created,
-        "running" => ContainerStatus::Running,
-        "paused" => ContainerStatus::Paused,
-        _ => ContainerStatus::Stopped,
     };
-    let mut state = State::new(id, status, Some(pid), bundle.to_owned());
+    let mut state = State::new(id, kind.status(), Some(pid), bundle.to_owned());
     state.annotations = Some(annotations.clone());
-    let hooks = hooks.to_vec();
-    libcontainer::hooks::run_hooks(Some(&hooks), Some(&state), Some(bundle), None, None).map_err(
+    libcontainer::hooks::run_hooks(Some(list), Some(&state), Some(bundle), None, None).map_err(
         |e| EngineError::Engine {
             id: id.to_owned(),
-            step: kind,
+            step: kind.name(),
             message: chain(&e),
         },
     )

@@ -4,12 +4,14 @@
 //! groups with it (by the CRI sandbox-id annotations) run in the same VM.
 //!
 //! - [`pod`]: the VM, its share and the containers and processes in it;
+//! - [`hooks`]: a VM container's OCI hooks, run on the host;
 //! - [`io`]: containerd's stdio FIFOs relayed to the agent's streams;
 //! - [`network`]: the pod's CNI interfaces joined to taps for the VM;
 //! - [`options`]: the configuration file named by containerd's options;
 //! - [`service`]: the task API over a pod, and its events;
 //! - [`stats`]: the agent's statistics as containerd's cgroup metrics.
 
+pub mod hooks;
 pub mod host;
 pub mod io;
 pub mod network;

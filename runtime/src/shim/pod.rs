@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
+use kata_rs_engine::hooks::HostHook;
 use kata_rs_protocol::agent::{
     CreateContainerRequest, ExecProcessRequest, RemoveContainerRequest, SignalProcessRequest,
     TtyWinResizeRequest, UpdateContainerRequest,
@@ -18,6 +19,7 @@ use kata_rs_protocol::{AgentClient, SHARED_FS_TAG};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use super::hooks::HostHooks;
 use super::host::HostAgent;
 use super::io::{self, Fifos, Relays};
 use super::network::{self, PodNetwork};
@@ -117,6 +119,8 @@ pub struct Container {
     pid: u32,
     /// Where containerd's rootfs mounts were mounted by us.
     rootfs_mount: Option<PathBuf>,
+    /// The hooks the shim runs for it on the host (in a VM only).
+    hooks: Option<HostHooks>,
     pub init: Process,
     pub execs: HashMap<String, Process>,
     pub paused: bool,
@@ -368,14 +372,17 @@ impl Pod {
             (Some(running), _) => running,
             (None, asked) => asked.unwrap_or(self.config.runtime.isolation),
         };
-        refuse_hooks(&spec)
-            .and_then(|()| match isolation {
-                Isolation::Vm => Ok(()),
-                Isolation::Namespace => refuse_systemd_cgroup(&spec),
-            })
-            .with_context(|| format!("container {id}"))?;
+        let hooks = match isolation {
+            Isolation::Vm => {
+                share::refuse_guest_hooks(&spec).and_then(|()| HostHooks::of(bundle, &spec))
+            }
+            Isolation::Namespace => refuse_systemd_cgroup(&spec).map(|()| None),
+        }
+        .with_context(|| format!("container {id}"))?;
         let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
-        let made = self.create_in(id, bundle, &spec, fifos, isolation);
+        let made = self
+            .create_in(id, bundle, &spec, fifos, isolation)
+            .and_then(|made| self.run_create_hooks(id, hooks.as_ref()).map(|()| made));
         match made {
             Ok((init, pid)) => {
                 self.containers.insert(
@@ -384,6 +391,7 @@ impl Pod {
                         bundle: bundle.to_owned(),
                         pid,
                         rootfs_mount,
+                        hooks,
                         init,
                         execs: HashMap::new(),
                         paused: false,
@@ -433,11 +441,11 @@ impl Pod {
         req.spec_json = serde_json::to_vec(&agent_spec)?;
         let client = self.client()?;
         if let Err(e) = client.agent.create_container(ctx(), &req) {
-            let why = match self.backend.as_mut() {
-                Some(Backend::Vm(v)) => v.sandbox.post_mortem(),
-                _ => String::new(),
-            };
-            bail!("{:#}; {why}", rpc_error("create in the agent", id, e));
+            let err = rpc_error("create in the agent", id, e);
+            match self.backend.as_mut() {
+                Some(Backend::Vm(v)) => bail!("{err:#}; {}", v.sandbox.post_mortem()),
+                _ => return Err(err),
+            }
         }
         let pid = match isolation {
             Isolation::Vm => 0,
@@ -462,6 +470,22 @@ impl Pod {
         let mut init = Process::new(fifos, None);
         init.relays = Some(relays);
         Ok((init, pid))
+    }
+
+    /// Runs the prestart and createRuntime hooks of container `id`, just
+    /// created in the VM, and removes it there if one fails.
+    fn run_create_hooks(&self, id: &str, hooks: Option<&HostHooks>) -> Result<()> {
+        let Some(hooks) = hooks else { return Ok(()) };
+        let vmm = self.task_pid(id, "");
+        let ran = hooks
+            .run(id, HostHook::Prestart, vmm)
+            .and_then(|()| hooks.run(id, HostHook::CreateRuntime, vmm));
+        if ran.is_err() {
+            if let Err(e) = force_remove(self.client()?, id) {
+                tracing::warn!(id, error = %e, "remove the container in the agent");
+            }
+        }
+        ran
     }
 
     /// The spec as the guest runs it: the bundle shared with the VM, in
@@ -558,6 +582,7 @@ impl Pod {
             Some(Backend::Host(host)) => Some(Arc::clone(&host.ended)),
             _ => None,
         };
+        let vmm = self.task_pid(id, "");
         let c = self.container_mut(id)?;
         let p = c.process_mut(exec_id)?;
         if p.started {
@@ -595,6 +620,13 @@ impl Pod {
             .map(|r| std::mem::take(&mut r.outputs))
             .unwrap_or_default();
         let exit = Arc::clone(&p.exit);
+        if let Some(hooks) = exec_id
+            .is_empty()
+            .then_some(&c.hooks)
+            .and_then(Option::as_ref)
+        {
+            hooks.run_logged(id, HostHook::Poststart, vmm);
+        }
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || {
             let (status, oom_killed) = monitor::wait_process(&client, &id, &exec_id)
@@ -728,6 +760,7 @@ impl Pod {
             bail!("container {id} is {status}: cannot delete it");
         }
         let exited = c.init.exit.get();
+        let vmm = self.task_pid(id, "");
         if let Ok(client) = self.client() {
             if let Err(e) = force_remove(client, id) {
                 tracing::warn!(id, error = %e, "remove the container in the agent");
@@ -742,6 +775,9 @@ impl Pod {
             }
             if let Some(target) = &c.rootfs_mount {
                 unmount(target);
+            }
+            if let Some(hooks) = &c.hooks {
+                hooks.run_logged(id, HostHook::Poststop, vmm);
             }
         }
         if self.containers.is_empty() {
@@ -810,21 +846,6 @@ fn host_spec(bundle: &Path, spec: &Value) -> Value {
         }
     }
     spec
-}
-
-/// Hooks are refused by name rather than left out: the agent drops them
-/// (in a VM, createContainer and startContainer would have to run in the
-/// guest, and the others on the host), and the shim runs none yet.
-fn refuse_hooks(spec: &Value) -> Result<()> {
-    if let Some(hooks) = spec["hooks"].as_object() {
-        if let Some((kind, _)) = hooks
-            .iter()
-            .find(|(_, h)| h.as_array().is_some_and(|h| !h.is_empty()))
-        {
-            bail!("{kind} hooks are not run by the shim yet (kata-rs run and create, through conmon or containerd's runc shim, run them)");
-        }
-    }
-    Ok(())
 }
 
 /// The host agent manages cgroupfs paths: the systemd cgroup driver's
@@ -1053,15 +1074,7 @@ mod tests {
     }
 
     #[test]
-    fn hooks_and_systemd_cgroup_paths_are_refused_by_name() {
-        let err = refuse_hooks(&json!({"hooks": {"prestart": [{"path": "/bin/true"}]}}))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("prestart hooks are not run by the shim"),
-            "{err}"
-        );
-        assert!(refuse_hooks(&json!({"hooks": {"poststop": []}})).is_ok());
+    fn systemd_cgroup_paths_are_refused_by_name() {
         let systemd = json!({"linux": {"cgroupsPath": "kubepods.slice:cri-containerd:abc"}});
         let err = refuse_systemd_cgroup(&systemd).unwrap_err().to_string();
         assert!(err.contains("systemd cgroup driver"), "{err}");

@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use kata_rs_engine::hooks::HostHook;
 use kata_rs_engine::lock::IdLock;
 use kata_rs_engine::OciState;
 use kata_rs_protocol::agent::{
@@ -33,7 +34,6 @@ use kata_rs_protocol::agent::{
 };
 use kata_rs_protocol::{AgentClient, SHARED_FS_TAG};
 use nix::sys::signal::Signal;
-use oci_spec::runtime::Hook;
 use serde_json::Value;
 
 use super::cli::{CreateArgs, ExecArgs};
@@ -177,7 +177,7 @@ impl Vm {
             .map_err(|e| rpc_error("start", &self.state.id, e))?;
         self.state.status = "running".into();
         self.state.save(&self.root)?;
-        if let Err(e) = run_hooks(&self.state, "poststart", "running") {
+        if let Err(e) = run_hooks(&self.state, HostHook::Poststart) {
             tracing::warn!(id = %self.state.id, error = %e, "poststart hook failed");
         }
         Ok(())
@@ -268,7 +268,7 @@ impl Vm {
             );
         }
         teardown(&self.state, &self.dir());
-        if let Err(e) = run_hooks(&self.state, "poststop", "stopped") {
+        if let Err(e) = run_hooks(&self.state, HostHook::Poststop) {
             tracing::warn!(id = %self.state.id, error = %e, "poststop hook failed");
         }
         std::fs::remove_dir_all(self.dir())
@@ -544,9 +544,8 @@ fn create_in(
         monitor: monitor_ref,
     };
     st.save(root)?;
-    // As with runc, these hooks see the container still "creating".
-    run_hooks(&st, "prestart", "creating")?;
-    run_hooks(&st, "createRuntime", "creating")?;
+    run_hooks(&st, HostHook::Prestart)?;
+    run_hooks(&st, HostHook::CreateRuntime)?;
     if let Some(path) = &args.pid_file {
         write_pid_file(path, monitor_ref.pid)?;
     }
@@ -560,21 +559,12 @@ fn create_in(
 }
 
 /// Runs the bundle's hooks of `kind` on the host.
-fn run_hooks(st: &VmState, kind: &'static str, status: &str) -> Result<()> {
+fn run_hooks(st: &VmState, kind: HostHook) -> Result<()> {
     let spec = kata_rs_engine::load_bundle_spec(&st.id, &st.bundle)?;
-    let hooks = spec.hooks().clone().unwrap_or_default();
-    let list: Vec<Hook> = match kind {
-        "prestart" => hooks.prestart().clone(),
-        "createRuntime" => hooks.create_runtime().clone(),
-        "poststart" => hooks.poststart().clone(),
-        _ => hooks.poststop().clone(),
-    }
-    .unwrap_or_default();
     kata_rs_engine::hooks::run(
         kind,
-        &list,
+        spec.hooks().as_ref(),
         &st.id,
-        status,
         st.monitor.pid,
         &st.bundle,
         &st.annotations,

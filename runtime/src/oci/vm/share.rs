@@ -161,7 +161,7 @@ pub fn refuse_guest_hooks(spec: &Value) -> Result<()> {
         {
             bail!(
                 "{hook} hooks run in the container's namespaces, which are inside the VM; \
-                 VM isolation does not run them (use --isolation=namespace)"
+                 VM isolation does not run them (namespace isolation does)"
             );
         }
     }
