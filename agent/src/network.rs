@@ -1,11 +1,11 @@
 //! The pod's network inside the guest: the guest's own network namespace,
 //! which the runtime gives every container of a pod. Set up with interface
-//! ioctls: IPv4 addresses and routes need nothing more, and the guest has
-//! no netlink library to carry.
+//! ioctls: IPv4 and IPv6 addresses and routes, and IPv4 neighbours, need
+//! nothing more, and the guest has no netlink library to carry.
 
 use std::ffi::CString;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use kata_rs_protocol::agent::{Interface, Neighbour, Route, SetupPodNetworkRequest};
@@ -76,8 +76,8 @@ fn validate(req: &SetupPodNetworkRequest) -> Result<()> {
         }
     }
     for route in &req.routes {
-        parse_cidr(&route.destination)?;
-        parse_gateway(&route.gateway)?;
+        let (dest, _) = parse_cidr(&route.destination)?;
+        parse_gateway(&route.gateway, dest)?;
         check_name(&route.device)?;
     }
     for neighbour in &req.neighbours {
@@ -100,6 +100,13 @@ fn set_up_interface(iface: &Interface, current: &str) -> Result<()> {
     if current != name {
         rename(current, name).map_err(io_err(format!("rename {current} to {name}")))?;
     }
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for (addr, prefix) in addresses {
+        match addr {
+            IpAddr::V4(a) => v4.push((a, prefix)),
+            IpAddr::V6(a) => v6.push((a, prefix)),
+        }
+    }
     if iface.mtu != 0 {
         let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_mtu = i32::try_from(iface.mtu)
@@ -108,7 +115,7 @@ fn set_up_interface(iface: &Interface, current: &str) -> Result<()> {
     }
     // The first address is the interface's own; the others are aliases,
     // which is how interface ioctls add secondary addresses.
-    for (i, (addr, prefix)) in addresses.iter().enumerate() {
+    for (i, (addr, prefix)) in v4.into_iter().enumerate() {
         let label = if i == 0 {
             name.clone()
         } else {
@@ -117,20 +124,83 @@ fn set_up_interface(iface: &Interface, current: &str) -> Result<()> {
         check_name(&label)?;
         let what = || format!("give {name} the address {addr}/{prefix}");
         let mut req = ifreq(&label)?;
-        req.ifr_ifru.ifru_addr = sockaddr(*addr);
+        req.ifr_ifru.ifru_addr = sockaddr(addr);
         ioctl(libc::SIOCSIFADDR, &mut req).map_err(io_err(what()))?;
-        req.ifr_ifru.ifru_netmask = sockaddr(mask(*prefix));
+        req.ifr_ifru.ifru_netmask = sockaddr(mask(prefix));
         ioctl(libc::SIOCSIFNETMASK, &mut req).map_err(io_err(what()))?;
+    }
+    if !v6.is_empty() {
+        // CNI claimed these addresses on the pod's side already; waiting
+        // out duplicate address detection would only keep them unusable
+        // (tentative) for the pod's first second.
+        let dad = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
+        std::fs::write(&dad, "0").map_err(io_err(format!("write {dad}")))?;
+    }
+    for (addr, prefix) in v6 {
+        add_ipv6_address(name, addr, prefix)?;
     }
     link_set_up(name, true).map_err(io_err(format!("bring {name} up")))
 }
 
+fn add_ipv6_address(name: &str, addr: Ipv6Addr, prefix: u8) -> Result<()> {
+    let what = || format!("give {name} the address {addr}/{prefix}");
+    let req = libc::in6_ifreq {
+        ifr6_addr: in6_addr(addr),
+        ifr6_prefixlen: u32::from(prefix),
+        ifr6_ifindex: if_index(name).map_err(io_err(what()))?,
+    };
+    let sock = socket(libc::AF_INET6)?;
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one in6_ifreq, which
+    // lives across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) } < 0 {
+        return Err(io_err(what())(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The kernel's struct in6_rtmsg (linux/ipv6_route.h), which libc does not
+/// let be built.
+#[repr(C)]
+struct In6Rtmsg {
+    dst: libc::in6_addr,
+    src: libc::in6_addr,
+    gateway: libc::in6_addr,
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
 fn add_route(route: &Route) -> Result<()> {
     let (dest, prefix) = parse_cidr(&route.destination)?;
-    let gateway = parse_gateway(&route.gateway)?;
+    let gateway = parse_gateway(&route.gateway, dest)?;
     check_name(&route.device)?;
+    let done = match (dest, gateway) {
+        (IpAddr::V4(dest), Some(IpAddr::V4(gw))) => add_ipv4_route(dest, prefix, Some(gw), route),
+        (IpAddr::V4(dest), _) => add_ipv4_route(dest, prefix, None, route),
+        (IpAddr::V6(dest), Some(IpAddr::V6(gw))) => add_ipv6_route(dest, prefix, Some(gw), route),
+        (IpAddr::V6(dest), _) => add_ipv6_route(dest, prefix, None, route),
+    };
+    done.map_err(|e| {
+        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        io_err(format!(
+            "add the route to {dest}/{prefix}{via} on {}",
+            route.device
+        ))(e)
+    })
+}
+
+fn add_ipv4_route(
+    dest: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+    route: &Route,
+) -> io::Result<()> {
     let device = CString::new(route.device.as_str())
-        .map_err(|_| NetworkError::Invalid(format!("device {:?} is not a name", route.device)))?;
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the device is not a name"))?;
     // SAFETY: rtentry is plain data; all zeroes is a valid value.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
     rt.rt_dst = sockaddr(dest);
@@ -145,15 +215,46 @@ fn add_route(route: &Route) -> Result<()> {
     }
     // The kernel only reads the name during the call.
     rt.rt_dev = device.as_ptr().cast_mut();
-    let sock = inet_socket()?;
+    let sock = socket(libc::AF_INET).map_err(|e| io::Error::other(e.to_string()))?;
     // SAFETY: SIOCADDRT reads the rtentry passed and the name it points to,
     // both alive across the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) } < 0 {
-        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-        return Err(io_err(format!(
-            "add the route to {dest}/{prefix}{via} on {}",
-            route.device
-        ))(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn add_ipv6_route(
+    dest: Ipv6Addr,
+    prefix: u8,
+    gateway: Option<Ipv6Addr>,
+    route: &Route,
+) -> io::Result<()> {
+    let mut flags = libc::RTF_UP as u32;
+    if gateway.is_some() {
+        flags |= libc::RTF_GATEWAY as u32;
+    }
+    if prefix == 128 {
+        flags |= libc::RTF_HOST as u32;
+    }
+    let rt = In6Rtmsg {
+        dst: in6_addr(dest),
+        src: in6_addr(Ipv6Addr::UNSPECIFIED),
+        gateway: in6_addr(gateway.unwrap_or(Ipv6Addr::UNSPECIFIED)),
+        // 0: a unicast route, at the kernel's default metric.
+        kind: 0,
+        dst_len: u16::from(prefix),
+        src_len: 0,
+        metric: 0,
+        info: 0,
+        flags,
+        ifindex: if_index(&route.device)?,
+    };
+    let sock = socket(libc::AF_INET6).map_err(|e| io::Error::other(e.to_string()))?;
+    // SAFETY: SIOCADDRT on an AF_INET6 socket reads one in6_rtmsg, which
+    // lives across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -174,7 +275,7 @@ fn add_neighbour(neighbour: &Neighbour) -> Result<()> {
     for (dst, src) in req.arp_dev.iter_mut().zip(ifreq(device)?.ifr_name) {
         *dst = src;
     }
-    let sock = inet_socket()?;
+    let sock = socket(libc::AF_INET)?;
     // SAFETY: SIOCSARP reads the arpreq passed, alive across the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req) } < 0 {
         return Err(io_err(format!(
@@ -251,7 +352,7 @@ fn link_set_up(name: &str, up: bool) -> io::Result<()> {
 
 /// One interface ioctl on a fresh socket.
 fn ioctl(request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
-    let sock = inet_socket().map_err(|e| io::Error::other(e.to_string()))?;
+    let sock = socket(libc::AF_INET).map_err(|e| io::Error::other(e.to_string()))?;
     // SAFETY: every request used here reads or writes one ifreq, which
     // lives across the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) } < 0 {
@@ -260,10 +361,10 @@ fn ioctl(request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
     Ok(())
 }
 
-/// A socket for interface ioctls.
-fn inet_socket() -> Result<OwnedFd> {
+/// A socket of `family` for interface and route ioctls.
+fn socket(family: libc::c_int) -> Result<OwnedFd> {
     // SAFETY: plain socket(2); the descriptor is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(io_err("open a socket for interface requests")(
             io::Error::last_os_error(),
@@ -271,6 +372,23 @@ fn inet_socket() -> Result<OwnedFd> {
     }
     // SAFETY: `raw` is a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn if_index(name: &str) -> io::Result<libc::c_int> {
+    let c_name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not an interface name"))?;
+    // SAFETY: reads the NUL-terminated name, alive across the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    libc::c_int::try_from(index).map_err(io::Error::other)
+}
+
+fn in6_addr(addr: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr {
+        s6_addr: addr.octets(),
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -311,30 +429,39 @@ fn mask(prefix: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
 }
 
-/// "10.1.2.3/24" as an address and prefix length.
-fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
-    let bad = || NetworkError::Invalid(format!("{text:?} is not an IPv4 address/prefix"));
+/// "10.1.2.3/24" or "fd00::2/64" as an address and prefix length.
+fn parse_cidr(text: &str) -> Result<(IpAddr, u8)> {
+    let bad = || NetworkError::Invalid(format!("{text:?} is not an IP address/prefix"));
     let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
-    let addr = addr.parse().map_err(|_| bad())?;
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    if prefix > 32 {
+    let most = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > most {
         return Err(bad());
     }
     Ok((addr, prefix))
 }
 
-/// An IPv4 address, `what` (a gateway, a neighbour) in the error.
+/// An IPv4 address, `what` (a neighbour) in the error.
 fn parse_ip(what: &str, text: &str) -> Result<Ipv4Addr> {
     text.parse()
         .map_err(|_| NetworkError::Invalid(format!("{what} {text:?} is not an IPv4 address")))
 }
 
-/// A route's gateway; "" for none.
-fn parse_gateway(text: &str) -> Result<Option<Ipv4Addr>> {
+/// A route's gateway, of the destination's family; "" for none.
+fn parse_gateway(text: &str, dest: IpAddr) -> Result<Option<IpAddr>> {
     if text.is_empty() {
         return Ok(None);
     }
-    parse_ip("gateway", text).map(Some)
+    let gateway: IpAddr = text
+        .parse()
+        .map_err(|_| NetworkError::Invalid(format!("gateway {text:?} is not an IP address")))?;
+    if gateway.is_ipv4() != dest.is_ipv4() {
+        return Err(NetworkError::Invalid(format!(
+            "gateway {text:?} is not of the family of the route to {dest}"
+        )));
+    }
+    Ok(Some(gateway))
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6]> {
@@ -419,7 +546,7 @@ mod tests {
             req.interfaces = vec![interface(
                 "eth7",
                 "02:00:00:AA:BB:CC",
-                &["10.1.2.3/24", "10.9.9.9/32"],
+                &["10.1.2.3/24", "fd00:1::2/64", "10.9.9.9/32"],
                 1400,
             )];
             // In the order `ip route` lists them: the default route's
@@ -429,12 +556,15 @@ mod tests {
                 route("169.254.1.1/32", "", "eth7"),
                 route("192.168.50.0/24", "10.1.2.254", "eth7"),
                 route("172.16.0.0/16", "", "eth7"),
+                route("::/0", "fe80::1", "eth7"),
+                route("fd00:99::/48", "fd00:1::1", "eth7"),
+                route("fd00:5::7/128", "", "eth7"),
             ];
             req.neighbours = vec![neighbour("169.254.1.1", "EE:EE:EE:EE:EE:EE", "eth7")];
             setup_pod_network(&req).unwrap();
             (
-                ip(&["-o", "-4", "addr", "show"]),
-                ip(&["-4", "route", "show"]),
+                ip(&["-o", "addr", "show"]),
+                ip(&["route", "show"]) + &ip(&["-6", "route", "show"]),
                 ip(&["-o", "link", "show", "eth7"]) + &ip(&["-o", "link", "show", "lo"]),
                 ip(&["-4", "neigh", "show"]),
             )
@@ -445,6 +575,20 @@ mod tests {
         );
         assert!(addrs.contains("eth7    inet 10.1.2.3/24"), "{addrs}");
         assert!(addrs.contains("inet 10.9.9.9/32"), "{addrs}");
+        // Usable at once: not tentative, waiting for duplicate detection.
+        assert!(
+            addrs
+                .lines()
+                .any(|l| l.contains("eth7    inet6 fd00:1::2/64 scope global")
+                    && !l.contains("tentative")),
+            "{addrs}"
+        );
+        assert!(routes.contains("default via fe80::1 dev eth7"), "{routes}");
+        assert!(
+            routes.contains("fd00:99::/48 via fd00:1::1 dev eth7"),
+            "{routes}"
+        );
+        assert!(routes.contains("fd00:5::7 dev eth7"), "{routes}");
         assert!(addrs.contains("lo    inet 127.0.0.1/8"), "{addrs}");
         assert!(
             routes.contains("default via 169.254.1.1 dev eth7"),
@@ -531,10 +675,13 @@ mod tests {
             req.interfaces = vec![interface("eth0", "02:00:00:00:00", &[], 0)];
             assert!(err(&req).contains("\"02:00:00:00:00\" is not a MAC address"));
             req.interfaces = vec![interface("eth0", "02:00:00:00:00:01", &["10.0.0.1/33"], 0)];
-            assert!(err(&req).contains("\"10.0.0.1/33\" is not an IPv4 address/prefix"));
+            assert!(err(&req).contains("\"10.0.0.1/33\" is not an IP address/prefix"));
+            req.interfaces = vec![interface("eth0", "02:00:00:00:00:01", &["fd00::1/129"], 0)];
+            assert!(err(&req).contains("\"fd00::1/129\" is not an IP address/prefix"));
             req.interfaces.clear();
             req.routes = vec![route("10.0.0.0/8", "fe80::1", "eth0")];
-            assert!(err(&req).contains("gateway \"fe80::1\" is not an IPv4 address"));
+            assert!(err(&req)
+                .contains("gateway \"fe80::1\" is not of the family of the route to 10.0.0.0"));
             req.routes = vec![route("10.0.0.0/8", "", "a-name-longer-than-ifnamsiz")];
             assert!(err(&req).contains("is not an interface name"));
             req.routes = vec![route("10.0.0.0/8", "10.0.0.1", "eth9")];

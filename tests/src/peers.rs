@@ -959,7 +959,8 @@ fn cri_config(dir: &Path) -> String {
     std::fs::write(
         conf.join("10-kata-rs-test.conflist"),
         r#"{"cniVersion": "1.0.0", "name": "kata-rs-test",
-            "plugins": [{"type": "kata-rs-test-net", "subnet": "10.213.0.0/16"}]}"#,
+            "plugins": [{"type": "kata-rs-test-net", "subnet": "10.213.0.0/16",
+                         "ipv6Prefix64": "fd00:213:0:0"}]}"#,
     )
     .unwrap();
     let config_path = std::env::var("KATA_RS_CONFIG").unwrap_or_default();

@@ -9,7 +9,7 @@
 //! runtime; the shim does not serve namespace isolation yet.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -188,7 +188,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 
 /// An HTTP server on `ip` that answers one request with `body`: its
 /// address, and the thread that ends after answering.
-fn serve_once(ip: Ipv4Addr, body: &'static str) -> (SocketAddr, std::thread::JoinHandle<()>) {
+fn serve_once(ip: IpAddr, body: &'static str) -> (SocketAddr, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("listen on {ip}: {e}"));
     let addr = listener.local_addr().unwrap();
     let thread = std::thread::spawn(move || {
@@ -243,29 +243,38 @@ fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
     };
     assert_eq!(fetched, (0, "hello-from-web\n".into()));
 
-    // The pod's network is CNI's: the host reaches the pod's address, and
-    // the pod reaches the host end of its veth.
-    let pod_ip: Ipv4Addr = node
+    // The pod's network is CNI's, dual-stack: the host reaches the pod's
+    // addresses, and the pod reaches the host end of its veth, over IPv4
+    // and IPv6.
+    let network = node
         .cri
         .pod_status(&pod)
         .expect("PodSandboxStatus")
         .network
-        .map(|n| n.ip)
-        .unwrap_or_default()
-        .parse()
-        .expect("the pod's IPv4 address");
-    assert_eq!(
-        http_get(SocketAddr::from((pod_ip, 8080)), "/index"),
-        "hello-from-web\n"
-    );
-    let host_end = Ipv4Addr::from(u32::from(pod_ip) - 1);
-    let server = serve_once(host_end, "hello-from-the-host\n");
-    let url = format!("http://{}/", server.0);
-    assert_eq!(
-        node.exec(&client, &["wget", "-qO-", &url]),
-        (0, "hello-from-the-host\n".into())
-    );
-    server.1.join().unwrap();
+        .expect("the pod's network status");
+    let pod_ip: Ipv4Addr = network.ip.parse().expect("the pod's IPv4 address");
+    let pod_ip6: Ipv6Addr = network
+        .additional_ips
+        .first()
+        .and_then(|a| a.ip.parse().ok())
+        .expect("the pod's IPv6 address");
+    let host_end = IpAddr::V4(Ipv4Addr::from(u32::from(pod_ip) - 1));
+    let host_end6 = IpAddr::V6(Ipv6Addr::from(u128::from(pod_ip6) - 1));
+    for (pod_addr, host_addr) in [(IpAddr::V4(pod_ip), host_end), (pod_ip6.into(), host_end6)] {
+        assert_eq!(
+            http_get(SocketAddr::from((pod_addr, 8080)), "/index"),
+            "hello-from-web\n",
+            "from the host to {pod_addr}"
+        );
+        let server = serve_once(host_addr, "hello-from-the-host\n");
+        let url = format!("http://{}/", server.0);
+        assert_eq!(
+            node.exec(&client, &["wget", "-qO-", &url]),
+            (0, "hello-from-the-host\n".into()),
+            "from the pod to {url}"
+        );
+        server.1.join().unwrap();
+    }
 
     // The gateway's MAC, which CNI set as a permanent neighbour, is the
     // pod's too: it never asks for it (ATF_COM | ATF_PERM is flags 0x6).

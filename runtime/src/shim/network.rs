@@ -12,7 +12,7 @@
 //! netlink. The taps are not persistent: they go with the VMM.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -177,16 +177,6 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
         let Some((name, mac, mtu, addresses)) = pod_interface(link) else {
             continue;
         };
-        let ipv6: Vec<&str> = link["addr_info"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["family"] == "inet6" && a["scope"] == "global")
-            .filter_map(|a| a["local"].as_str())
-            .collect();
-        if !ipv6.is_empty() {
-            tracing::warn!(interface = %name, ?ipv6, "IPv6 addresses are not given to the guest yet");
-        }
         if mtu > GUEST_MAX_MTU {
             tracing::warn!(interface = %name, mtu, "the guest NIC gets an MTU of {GUEST_MAX_MTU}");
         }
@@ -210,13 +200,16 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
         tracing::info!(interface = %name, tap = %tap_name, %mac, "pod interface joined to a tap");
     }
     let names: Vec<&str> = network.nics.iter().map(|n| n.name.as_str()).collect();
-    let routes = json_of("ip", &["-j", "-4", "route", "show"])?;
-    network.routes = routes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| pod_route(r, &names))
-        .collect();
+    for (family, ipv6) in [("-4", false), ("-6", true)] {
+        let routes = json_of("ip", &["-j", family, "route", "show"])?;
+        network.routes.extend(
+            routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| pod_route(r, ipv6, &names)),
+        );
+    }
     let neighbours = json_of("ip", &["-j", "-4", "neigh", "show", "nud", "permanent"])?;
     network.neighbours = neighbours
         .as_array()
@@ -247,8 +240,9 @@ fn unjoin(joined: &[(String, bool)]) {
     }
 }
 
-/// An interface of the pod worth a NIC: an Ethernet link with an IPv4
-/// address. Its name, MAC, MTU and addresses ("a.b.c.d/len").
+/// An interface of the pod worth a NIC: an Ethernet link with an IPv4 or
+/// a global IPv6 address (the guest makes its link-local ones itself). Its
+/// name, MAC, MTU and addresses ("a.b.c.d/len", "a:b::c/len").
 fn pod_interface(link: &Value) -> Option<(String, String, u32, Vec<String>)> {
     if link["link_type"] != "ether" {
         return None;
@@ -256,7 +250,7 @@ fn pod_interface(link: &Value) -> Option<(String, String, u32, Vec<String>)> {
     let addresses: Vec<String> = link["addr_info"]
         .as_array()?
         .iter()
-        .filter(|a| a["family"] == "inet")
+        .filter(|a| a["family"] == "inet" || a["family"] == "inet6" && a["scope"] == "global")
         .filter_map(|a| {
             Some(format!(
                 "{}/{}",
@@ -278,15 +272,19 @@ fn pod_interface(link: &Value) -> Option<(String, String, u32, Vec<String>)> {
 
 /// A route the guest must be given: on one of the pod's interfaces, and
 /// not one its kernel makes itself for an address's own subnet.
-fn pod_route(route: &Value, interfaces: &[&str]) -> Option<Route> {
+fn pod_route(route: &Value, ipv6: bool, interfaces: &[&str]) -> Option<Route> {
     let device = route["dev"].as_str()?;
     if !interfaces.contains(&device) || route["protocol"] == "kernel" {
         return None;
     }
     let destination = match route["dst"].as_str()? {
+        "default" if ipv6 => "::/0".to_owned(),
         "default" => "0.0.0.0/0".to_owned(),
         d if d.contains('/') => d.to_owned(),
-        d => format!("{}/32", d.parse::<Ipv4Addr>().ok()?),
+        d => match d.parse::<IpAddr>().ok()? {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        },
     };
     let mut r = Route::new();
     r.destination = destination;
@@ -412,20 +410,25 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn only_ethernet_links_with_ipv4_become_nics() {
+    fn only_ethernet_links_with_addresses_become_nics() {
         let veth = json!({"ifname": "eth0", "link_type": "ether", "mtu": 1450,
             "address": "5a:0b:0c:0d:0e:0f",
             "addr_info": [{"family": "inet", "local": "10.213.0.2", "prefixlen": 30},
-                          {"family": "inet6", "local": "fe80::1", "prefixlen": 64}]});
+                          {"family": "inet6", "local": "fd00::2", "prefixlen": 126, "scope": "global"},
+                          {"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}]});
         assert_eq!(
             pod_interface(&veth),
             Some((
                 "eth0".into(),
                 "5a:0b:0c:0d:0e:0f".into(),
                 1450,
-                vec!["10.213.0.2/30".into()]
+                vec!["10.213.0.2/30".into(), "fd00::2/126".into()]
             ))
         );
+        let link_local_only = json!({"ifname": "eth2", "link_type": "ether", "mtu": 1500,
+            "address": "5a:00:00:00:00:02",
+            "addr_info": [{"family": "inet6", "local": "fe80::2", "prefixlen": 64, "scope": "link"}]});
+        assert_eq!(pod_interface(&link_local_only), None);
         let lo = json!({"ifname": "lo", "link_type": "loopback", "mtu": 65536, "address": "00:00:00:00:00:00",
             "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]});
         assert_eq!(pod_interface(&lo), None);
@@ -443,17 +446,29 @@ mod tests {
             {"dst": "169.254.1.1", "dev": "eth0", "scope": "link"},
             {"dst": "192.168.0.0/16", "dev": "other0"}
         ]);
-        let got: Vec<(String, String, String)> = routes
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|r| pod_route(r, &["eth0"]))
-            .map(|r| (r.destination, r.gateway, r.device))
-            .collect();
+        let ipv6_routes = json!([
+            {"dst": "fd00::/126", "dev": "eth0", "protocol": "kernel", "metric": 256},
+            {"dst": "fe80::/64", "dev": "eth0", "protocol": "kernel", "metric": 256},
+            {"dst": "fd00:99::7", "dev": "eth0", "metric": 1024},
+            {"dst": "default", "gateway": "fe80::1", "dev": "eth0", "metric": 1024}
+        ]);
+        let routes_of = |routes: &Value, ipv6| {
+            routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| pod_route(r, ipv6, &["eth0"]))
+                .map(|r| (r.destination, r.gateway, r.device))
+                .collect::<Vec<(String, String, String)>>()
+        };
+        let mut got = routes_of(&routes, false);
+        got.extend(routes_of(&ipv6_routes, true));
         let want = [
             ("0.0.0.0/0", "10.213.0.1", "eth0"),
             ("10.96.0.0/12", "10.213.0.1", "eth0"),
             ("169.254.1.1/32", "", "eth0"),
+            ("fd00:99::7/128", "", "eth0"),
+            ("::/0", "fe80::1", "eth0"),
         ];
         assert_eq!(
             got,
