@@ -38,8 +38,9 @@ pub enum VcpuError {
 pub enum VcpuExitReason {
     /// The guest asked for a reset (its way of powering off).
     Reset,
-    /// The guest triple-faulted.
-    TripleFault,
+    /// The guest triple-faulted; where it was (its registers, as KVM has
+    /// them after the shutdown).
+    TripleFault(String),
     /// KVM could not run or emulate the guest any further.
     Failed(String),
 }
@@ -127,7 +128,7 @@ impl Vcpu {
                         tracing::debug!(vcpu = self.index, addr, "write to unclaimed MMIO");
                     }
                 }
-                Ok(VcpuExit::Shutdown) => return VcpuExitReason::TripleFault,
+                Ok(VcpuExit::Shutdown) => return VcpuExitReason::TripleFault(self.where_it_was()),
                 Ok(VcpuExit::Hlt) => {
                     return VcpuExitReason::Failed("the guest halted with interrupts off".into())
                 }
@@ -153,6 +154,39 @@ impl Vcpu {
                 Err(e) => return VcpuExitReason::Failed(format!("KVM_RUN failed: {e}")),
             }
         }
+    }
+}
+
+impl Vcpu {
+    /// The registers that tell where a guest failed, for the error: a
+    /// triple fault leaves no other trace.
+    fn where_it_was(&self) -> String {
+        let regs = match self.fd.get_regs() {
+            Ok(r) => format!(
+                "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x}",
+                r.rip, r.rsp, r.rflags, r.rax
+            ),
+            Err(e) => format!("registers unreadable: {e}"),
+        };
+        let sregs = match self.fd.get_sregs() {
+            Ok(s) => format!(
+                "cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} \
+                 idt {:#x}+{:#x} gdt {:#x}+{:#x} tr {:#x}",
+                s.cs.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit,
+                s.tr.base
+            ),
+            Err(e) => format!("special registers unreadable: {e}"),
+        };
+        format!("{regs}; {sregs}")
     }
 }
 
