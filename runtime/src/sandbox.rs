@@ -83,8 +83,17 @@ pub struct SandboxSpec {
     pub memory_mib: u64,
     /// virtio-fs shares: tag and virtiofsd's vhost-user socket.
     pub fs: Vec<(String, PathBuf)>,
-    /// virtio-net NICs: the tap the VMM inherits, and the NIC's MAC.
-    pub nics: Vec<(Arc<OwnedFd>, String)>,
+    /// virtio-net NICs.
+    pub nics: Vec<SandboxNic>,
+}
+
+/// A virtio-net NIC of the VM: the tap the VMM inherits, the NIC's MAC and
+/// the MTU the device tells the guest.
+#[derive(Debug, Clone)]
+pub struct SandboxNic {
+    pub tap: Arc<OwnedFd>,
+    pub mac: String,
+    pub mtu: u32,
 }
 
 impl SandboxSpec {
@@ -145,10 +154,11 @@ impl VmSandbox {
             cmd.arg("--fs").arg(format!("{tag}={}", socket.display()));
         }
         // The taps keep their numbers in the VMM.
-        let taps: Vec<i32> = spec.nics.iter().map(|(tap, _)| tap.as_raw_fd()).collect();
-        for ((tap, mac), fd) in spec.nics.iter().zip(&taps) {
-            debug_assert_eq!(tap.as_raw_fd(), *fd);
-            cmd.arg("--net").arg(format!("fd={fd},mac={mac}"));
+        let taps: Vec<i32> = spec.nics.iter().map(|nic| nic.tap.as_raw_fd()).collect();
+        for (nic, fd) in spec.nics.iter().zip(&taps) {
+            debug_assert_eq!(nic.tap.as_raw_fd(), *fd);
+            let SandboxNic { mac, mtu, .. } = nic;
+            cmd.arg("--net").arg(format!("fd={fd},mac={mac},mtu={mtu}"));
         }
         // Its own session: the VMM must outlive a CLI that is interrupted,
         // and not receive the terminal's signals.

@@ -960,7 +960,7 @@ fn cri_config(dir: &Path) -> String {
         conf.join("10-kata-rs-test.conflist"),
         r#"{"cniVersion": "1.0.0", "name": "kata-rs-test",
             "plugins": [{"type": "kata-rs-test-net", "subnet": "10.213.0.0/16",
-                         "ipv6Prefix64": "fd00:213:0:0"}]}"#,
+                         "ipv6Prefix64": "fd00:213:0:0", "mtu": 9000}]}"#,
     )
     .unwrap();
     let config_path = std::env::var("KATA_RS_CONFIG").unwrap_or_default();

@@ -188,7 +188,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 
 /// An HTTP server on `ip` that answers one request with `body`: its
 /// address, and the thread that ends after answering.
-fn serve_once(ip: IpAddr, body: &'static str) -> (SocketAddr, std::thread::JoinHandle<()>) {
+fn serve_once(ip: IpAddr, body: String) -> (SocketAddr, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("listen on {ip}: {e}"));
     let addr = listener.local_addr().unwrap();
     let thread = std::thread::spawn(move || {
@@ -221,8 +221,8 @@ fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
         &[
             "sh",
             "-c",
-            "mkdir /www && echo hello-from-web >/www/index && echo web-ready && \
-             exec httpd -f -p 8080 -h /www",
+            "mkdir /www && echo hello-from-web >/www/index && seq 1 40000 >/www/big && \
+             echo web-ready && exec httpd -f -p 8080 -h /www",
         ],
     );
     let client = node.start(
@@ -266,7 +266,7 @@ fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
             "hello-from-web\n",
             "from the host to {pod_addr}"
         );
-        let server = serve_once(host_addr, "hello-from-the-host\n");
+        let server = serve_once(host_addr, "hello-from-the-host\n".into());
         let url = format!("http://{}/", server.0);
         assert_eq!(
             node.exec(&client, &["wget", "-qO-", &url]),
@@ -275,6 +275,29 @@ fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
         );
         server.1.join().unwrap();
     }
+
+    // CNI's MTU is the pod's (a VM's NIC is told it), and 229 kB cross
+    // each way whole in frames of that size.
+    assert_eq!(
+        node.exec(&client, &["cat", "/sys/class/net/eth0/mtu"]),
+        (0, "9000\n".into())
+    );
+    let big: String = (1..=40000).map(|n| format!("{n}\n")).collect();
+    assert!(
+        http_get(SocketAddr::from((pod_ip, 8080)), "/big") == big,
+        "the pod's 229 kB came to the host cut or changed"
+    );
+    let server = serve_once(host_end, big);
+    let fetch = format!(
+        "wget -qO /tmp/big http://{}/ && seq 1 40000 | cmp - /tmp/big && echo same",
+        server.0
+    );
+    assert_eq!(
+        node.exec(&client, &["sh", "-c", &fetch]),
+        (0, "same\n".into()),
+        "the host's 229 kB in the pod"
+    );
+    server.1.join().unwrap();
 
     // The gateway's MAC, which CNI set as a permanent neighbour, is the
     // pod's too: it never asks for it (ATF_COM | ATF_PERM is flags 0x6).

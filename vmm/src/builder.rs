@@ -154,8 +154,8 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(device))?;
     }
     for (net, tap) in cfg.nets.iter().zip(taps) {
-        tracing::info!(tap = tap.name(), mac = %net.mac, "virtio-net");
-        let device = Net::new(tap, net.mac);
+        tracing::info!(tap = tap.name(), mac = %net.mac, mtu = ?net.mtu, "virtio-net");
+        let device = Net::new(tap, net.mac, net.mtu);
         slots.attach(&vm, &mem, &mut mmio, &mut cmdline, Box::new(device))?;
     }
 
@@ -323,8 +323,8 @@ impl Vmm {
                 match reason {
                     _ if self.panicked.load(Ordering::SeqCst) => Outcome::Panicked,
                     VcpuExitReason::Reset => Outcome::Stopped,
-                    VcpuExitReason::TripleFault => {
-                        Outcome::Failed(format!("vCPU {index}: the guest triple-faulted"))
+                    VcpuExitReason::TripleFault(regs) => {
+                        Outcome::Failed(format!("vCPU {index}: the guest triple-faulted ({regs})"))
                     }
                     VcpuExitReason::Failed(msg) => Outcome::Failed(format!("vCPU {index}: {msg}")),
                 }

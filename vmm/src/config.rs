@@ -107,23 +107,27 @@ impl fmt::Display for NetBackend {
     }
 }
 
-/// A virtio-net device: its tap and the guest card's MAC address.
+/// A virtio-net device: its tap, the guest card's MAC address and, if
+/// given, the MTU the device tells the guest (VIRTIO_NET_F_MTU).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     pub backend: NetBackend,
     pub mac: MacAddr,
+    pub mtu: Option<u16>,
 }
 
 impl FromStr for NetConfig {
     type Err = String;
-    /// `tap=NAME,mac=MAC` or `fd=N,mac=MAC`, in any order.
+    /// `tap=NAME,mac=MAC` or `fd=N,mac=MAC`, and optionally `mtu=N`, in
+    /// any order.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut backend = None;
         let mut mac = None;
+        let mut mtu = None;
         for item in s.split(',') {
             let (key, value) = item
                 .split_once('=')
-                .ok_or_else(|| format!("{item:?} is not KEY=VALUE (keys: tap, fd, mac)"))?;
+                .ok_or_else(|| format!("{item:?} is not KEY=VALUE (keys: tap, fd, mac, mtu)"))?;
             match key {
                 "tap" | "fd" if backend.is_some() => {
                     return Err(format!("{s:?} names more than one tap (tap= or fd=)"))
@@ -135,9 +139,11 @@ impl FromStr for NetConfig {
                 "fd" => backend = Some(NetBackend::Fd(parse_tap_fd(value)?)),
                 "mac" if mac.is_some() => return Err(format!("{s:?} gives mac= twice")),
                 "mac" => mac = Some(value.parse::<MacAddr>().map_err(|e| e.to_string())?),
+                "mtu" if mtu.is_some() => return Err(format!("{s:?} gives mtu= twice")),
+                "mtu" => mtu = Some(parse_mtu(value)?),
                 other => {
                     return Err(format!(
-                        "unknown net option {other:?} (expected tap, fd or mac)"
+                        "unknown net option {other:?} (expected tap, fd, mac or mtu)"
                     ))
                 }
             }
@@ -145,8 +151,20 @@ impl FromStr for NetConfig {
         Ok(Self {
             backend: backend.ok_or_else(|| format!("{s:?} names no tap (tap=NAME or fd=N)"))?,
             mac: mac.ok_or_else(|| format!("{s:?} has no mac=MAC"))?,
+            mtu,
         })
     }
+}
+
+/// An MTU the device may offer: 68 to 65535 (virtio 1.2, 5.1.4.1).
+fn parse_mtu(value: &str) -> Result<u16, String> {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| value.parse::<u16>().ok())
+        .flatten()
+        .filter(|mtu| *mtu >= 68)
+        .ok_or_else(|| format!("invalid mtu {value:?}: expected 68 to 65535"))
 }
 
 /// A decimal fd number of 3 or more: 0-2 are the VMM's own standard
@@ -238,14 +256,18 @@ mod tests {
                 .unwrap(),
             NetConfig {
                 backend: NetBackend::Tap("tap0".into()),
-                mac
+                mac,
+                mtu: None
             }
         );
         assert_eq!(
-            "mac=02:00:00:00:00:01,fd=7".parse::<NetConfig>().unwrap(),
+            "mac=02:00:00:00:00:01,fd=7,mtu=9000"
+                .parse::<NetConfig>()
+                .unwrap(),
             NetConfig {
                 backend: NetBackend::Fd(7),
-                mac
+                mac,
+                mtu: Some(9000)
             }
         );
         // Each bad input, and what the error must name.
@@ -277,6 +299,10 @@ mod tests {
             ("fd=2,mac=02:00:00:00:00:01", "fd 2"),
             ("fd=3,mac=02:00:00:00:00:01,queues=2", "queues"),
             ("fd=3,mac=02:00:00:00:00:01,", "\"\""),
+            ("fd=3,mac=02:00:00:00:00:01,mtu=67", "\"67\""),
+            ("fd=3,mac=02:00:00:00:00:01,mtu=65536", "\"65536\""),
+            ("fd=3,mac=02:00:00:00:00:01,mtu=+1500", "\"+1500\""),
+            ("fd=3,mac=02:00:00:00:00:01,mtu=1500,mtu=1500", "twice"),
         ] {
             let e = bad.parse::<NetConfig>().unwrap_err();
             assert!(e.contains(named), "{bad:?}: {e}");

@@ -28,7 +28,7 @@ use serde_json::Value;
 pub struct Nic {
     name: String,
     pub mac: String,
-    mtu: u32,
+    pub mtu: u32,
     addresses: Vec<String>,
     /// Whether its ingress qdisc is kata-rs's, to go with the redirect;
     /// one a CNI plugin made (an ingress or clsact qdisc) stays.
@@ -88,10 +88,9 @@ pub fn pod_netns(spec: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The largest MTU the guest NICs get: the device offers neither
-/// VIRTIO_NET_F_MTU nor mergeable receive buffers, so the guest's receive
-/// buffers hold a 1500-byte frame, and TCP peers learn that MSS from it.
-const GUEST_MAX_MTU: u32 = 1500;
+/// The MTUs a virtio-net device may tell the guest (virtio 1.2, 5.1.4.1);
+/// no working link has another.
+const MTUS: std::ops::RangeInclusive<u32> = 68..=65535;
 
 /// Runs `f` on a thread of its own inside network namespace `ns`: setns
 /// moves the calling thread only, and what it spawns starts in the
@@ -177,10 +176,7 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
         let Some((name, mac, mtu, addresses)) = pod_interface(link) else {
             continue;
         };
-        if mtu > GUEST_MAX_MTU {
-            tracing::warn!(interface = %name, mtu, "the guest NIC gets an MTU of {GUEST_MAX_MTU}");
-        }
-        let mtu = mtu.min(GUEST_MAX_MTU);
+        let mtu = mtu.clamp(*MTUS.start(), *MTUS.end());
         let tap_name = format!("tap{}_kr", network.nics.len());
         let tap = open_tap(&tap_name)?;
         let own_qdisc = !has_ingress_hook(&name)?;

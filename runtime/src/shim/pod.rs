@@ -28,7 +28,7 @@ use crate::oci::vm::monitor;
 use crate::oci::vm::process::ProcRef;
 use crate::oci::vm::stdio::{self, StdioAddr, Streams};
 use crate::oci::vm::{self as vm, container_req, ctx, rpc_error, share, state};
-use crate::sandbox::{vsock_uds, VmSandbox};
+use crate::sandbox::{vsock_uds, SandboxNic, VmSandbox};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy)]
@@ -290,7 +290,12 @@ impl Pod {
         sized.nics = network
             .taps
             .drain(..)
-            .zip(network.nics.iter().map(|n| n.mac.clone()))
+            .zip(&network.nics)
+            .map(|(tap, nic)| SandboxNic {
+                tap,
+                mac: nic.mac.clone(),
+                mtu: nic.mtu,
+            })
             .collect();
         sized
             .fs

@@ -21,7 +21,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -44,8 +46,10 @@ pub const MAX_FRAME_LEN: usize = 65550;
 /// Destination, source and EtherType: no shorter frame is valid Ethernet,
 /// and the tap refuses it.
 const ETH_HLEN: usize = 14;
-/// mac (6 bytes), status (u16): the fields our features make valid.
-const CONFIG_LEN: usize = 8;
+/// mac (6 bytes), status (u16), max_virtqueue_pairs (u16, not offered),
+/// mtu (u16): the fields our features make valid.
+const CONFIG_LEN: usize = 12;
+const CONFIG_MTU: usize = 10;
 const TUN_PATH: &str = "/dev/net/tun";
 /// Frames received per pass before the worker looks at its other events,
 /// so that a flood from the host cannot delay a reset or transmission.
@@ -284,6 +288,7 @@ fn set_nonblocking_cloexec(fd: RawFd) -> io::Result<()> {
 pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_LEN],
+    features: u64,
     worker: Option<Worker>,
 }
 
@@ -296,14 +301,23 @@ struct Worker {
 }
 
 impl Net {
-    /// A device whose guest card has address `mac` and whose link is up.
-    pub fn new(tap: Tap, mac: MacAddr) -> Net {
+    /// A device whose guest card has address `mac` and whose link is up;
+    /// with `mtu`, the device offers VIRTIO_NET_F_MTU, and a Linux guest
+    /// above 1500 bytes then posts receive chains of whole pages, which
+    /// [`write_rx_chain`] fills across.
+    pub fn new(tap: Tap, mac: MacAddr, mtu: Option<u16>) -> Net {
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&mac.octets());
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        let mut features = VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS;
+        if let Some(mtu) = mtu {
+            config[CONFIG_MTU..CONFIG_MTU + 2].copy_from_slice(&mtu.to_le_bytes());
+            features |= 1 << VIRTIO_NET_F_MTU;
+        }
         Net {
             tap,
             config,
+            features,
             worker: None,
         }
     }
@@ -335,7 +349,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
+        self.features
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -1162,7 +1176,7 @@ mod tests {
     }
 
     fn net(tap: Tap) -> Net {
-        Net::new(tap, MacAddr(MAC))
+        Net::new(tap, MacAddr(MAC), None)
     }
 
     #[test]
@@ -1389,6 +1403,50 @@ mod tests {
         assert!(!h.handler.tx_error_logged, "a full queue is not an error");
         while host_recv(&mut h.host).is_some() {}
         h.assert_tx_works();
+    }
+
+    #[test]
+    fn offers_its_mtu_when_given_one() {
+        let (tap, _host) = tap_pair();
+        let dev = Net::new(tap, MacAddr(MAC), Some(9000));
+        assert_eq!(
+            dev.features(),
+            VIRTIO_F_VERSION_1 | 1 << 3 | 1 << 5 | 1 << 16
+        );
+        let mut mtu = [0u8; 2];
+        dev.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 9000);
+    }
+
+    #[test]
+    fn a_jumbo_frame_fills_a_chain_of_pages() {
+        // As Linux posts receive buffers for an MTU above 1500 without
+        // mergeable buffers: the header, then whole pages.
+        let mut h = Harness::new();
+        let head = h.rx.add(
+            &h.mem,
+            &[
+                (BUF, NET_HDR_LEN as u32, W),
+                (BUF2, 4096, W),
+                (BUF2 + 4096, 4096, W),
+                (BUF3, 4096, W),
+            ],
+        );
+        let f = frame(9014, 9);
+        h.host_send(&f);
+        h.handler.process_rx();
+        let (id, len) = h.rx.next_used(&h.mem).unwrap();
+        assert_eq!((id, len as usize), (head, NET_HDR_LEN + f.len()));
+        let mut got = h.guest_bytes(BUF2, 8192);
+        got.extend(h.guest_bytes(BUF3, 9014 - 8192));
+        assert_eq!(got, f);
+
+        // And one that does not fit is dropped, the chain given back.
+        let head =
+            h.rx.add(&h.mem, &[(BUF, NET_HDR_LEN as u32, W), (BUF2, 4096, W)]);
+        h.host_send(&f);
+        h.handler.process_rx();
+        assert_eq!(h.rx.next_used(&h.mem), Some((head, 0)));
     }
 
     #[test]
