@@ -71,8 +71,22 @@ fn validate(req: &SetupPodNetworkRequest) -> Result<()> {
     for iface in &req.interfaces {
         check_name(&iface.name)?;
         parse_mac(&iface.mac)?;
+        let mut ipv4 = 0usize;
         for address in &iface.addresses {
-            parse_cidr(address)?;
+            if !parse_cidr(address)?.0.is_ipv4() {
+                continue;
+            }
+            // Secondary IPv4 addresses go on aliases, NAME:N, which must
+            // fit an interface name too.
+            let label = format!("{}:{ipv4}", iface.name);
+            if ipv4 > 0 && label.len() >= libc::IFNAMSIZ {
+                return Err(NetworkError::Invalid(format!(
+                    "{} cannot take a second IPv4 address ({address}): \
+                     its alias {label} is longer than 15 bytes",
+                    iface.name
+                )));
+            }
+            ipv4 += 1;
         }
     }
     for route in &req.routes {
@@ -682,6 +696,17 @@ mod tests {
             req.routes = vec![route("10.0.0.0/8", "fe80::1", "eth0")];
             assert!(err(&req)
                 .contains("gateway \"fe80::1\" is not of the family of the route to 10.0.0.0"));
+            req.interfaces = vec![interface(
+                "fourteen-chars",
+                "02:00:00:00:00:01",
+                &["10.0.0.1/8", "10.0.0.2/8"],
+                0,
+            )];
+            assert!(err(&req).contains(
+                "fourteen-chars cannot take a second IPv4 address (10.0.0.2/8): \
+                 its alias fourteen-chars:1 is longer than 15 bytes"
+            ));
+            req.interfaces.clear();
             req.routes = vec![route("10.0.0.0/8", "", "a-name-longer-than-ifnamsiz")];
             assert!(err(&req).contains("is not an interface name"));
             req.routes = vec![route("10.0.0.0/8", "10.0.0.1", "eth9")];
