@@ -92,6 +92,9 @@ fn validate(req: &SetupPodNetworkRequest) -> Result<()> {
     for route in &req.routes {
         let (dest, _) = parse_cidr(&route.destination)?;
         parse_gateway(&route.gateway, dest)?;
+        if dest.is_ipv4() {
+            ipv4_metric(route)?;
+        }
         check_name(&route.device)?;
     }
     for neighbour in &req.neighbours {
@@ -215,8 +218,11 @@ fn add_ipv4_route(
 ) -> io::Result<()> {
     let device = CString::new(route.device.as_str())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the device is not a name"))?;
+    let metric = ipv4_metric(route)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // SAFETY: rtentry is plain data; all zeroes is a valid value.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_metric = metric;
     rt.rt_dst = sockaddr(dest);
     rt.rt_genmask = sockaddr(mask(prefix));
     rt.rt_flags = libc::RTF_UP;
@@ -236,6 +242,18 @@ fn add_ipv4_route(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// An IPv4 route's metric as SIOCADDRT takes it: one more than the
+/// route's, in a short; 0 for the default.
+fn ipv4_metric(route: &Route) -> Result<libc::c_short> {
+    let metric = route.metric.saturating_add(1);
+    libc::c_short::try_from(metric).map_err(|_| {
+        NetworkError::Invalid(format!(
+            "the route to {} has metric {}: an IPv4 route's must be below 32767",
+            route.destination, route.metric
+        ))
+    })
 }
 
 fn add_ipv6_route(
@@ -259,7 +277,7 @@ fn add_ipv6_route(
         kind: 0,
         dst_len: u16::from(prefix),
         src_len: 0,
-        metric: 0,
+        metric: route.metric,
         info: 0,
         flags,
         ifindex: if_index(&route.device)?,
@@ -540,6 +558,12 @@ mod tests {
         r
     }
 
+    fn route_with_metric(destination: &str, gateway: &str, metric: u32) -> Route {
+        let mut r = route(destination, gateway, "eth7");
+        r.metric = metric;
+        r
+    }
+
     #[test]
     fn a_nic_becomes_the_pods_interface_with_its_addresses_neighbours_and_routes() {
         let (addrs, routes, lo, neighbours) = in_new_netns(|| {
@@ -573,6 +597,10 @@ mod tests {
                 route("::/0", "fe80::1", "eth7"),
                 route("fd00:99::/48", "fd00:1::1", "eth7"),
                 route("fd00:5::7/128", "", "eth7"),
+                // One destination twice, told apart by metric.
+                route_with_metric("192.168.60.0/24", "10.1.2.254", 100),
+                route_with_metric("192.168.60.0/24", "10.1.2.253", 200),
+                route_with_metric("fd00:60::/64", "fd00:1::1", 300),
             ];
             req.neighbours = vec![neighbour("169.254.1.1", "EE:EE:EE:EE:EE:EE", "eth7")];
             setup_pod_network(&req).unwrap();
@@ -603,6 +631,12 @@ mod tests {
             "{routes}"
         );
         assert!(routes.contains("fd00:5::7 dev eth7"), "{routes}");
+        assert!(
+            routes.contains("192.168.60.0/24 via 10.1.2.254 dev eth7 metric 100")
+                && routes.contains("192.168.60.0/24 via 10.1.2.253 dev eth7 metric 200")
+                && routes.contains("fd00:60::/64 via fd00:1::1 dev eth7 metric 300"),
+            "{routes}"
+        );
         assert!(addrs.contains("lo    inet 127.0.0.1/8"), "{addrs}");
         assert!(
             routes.contains("default via 169.254.1.1 dev eth7"),
@@ -707,6 +741,10 @@ mod tests {
                  its alias fourteen-chars:1 is longer than 15 bytes"
             ));
             req.interfaces.clear();
+            req.routes = vec![route_with_metric("10.0.0.0/8", "", 40000)];
+            assert!(err(&req).contains(
+                "the route to 10.0.0.0/8 has metric 40000: an IPv4 route's must be below 32767"
+            ));
             req.routes = vec![route("10.0.0.0/8", "", "a-name-longer-than-ifnamsiz")];
             assert!(err(&req).contains("is not an interface name"));
             req.routes = vec![route("10.0.0.0/8", "10.0.0.1", "eth9")];

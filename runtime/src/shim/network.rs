@@ -286,6 +286,10 @@ fn pod_route(route: &Value, ipv6: bool, interfaces: &[&str]) -> Option<Route> {
     r.destination = destination;
     r.gateway = route["gateway"].as_str().unwrap_or_default().to_owned();
     r.device = device.to_owned();
+    r.metric = route["metric"]
+        .as_u64()
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or_default();
     Some(r)
 }
 
@@ -438,7 +442,7 @@ mod tests {
         let routes = json!([
             {"dst": "default", "gateway": "10.213.0.1", "dev": "eth0"},
             {"dst": "10.213.0.0/30", "dev": "eth0", "protocol": "kernel", "scope": "link"},
-            {"dst": "10.96.0.0/12", "gateway": "10.213.0.1", "dev": "eth0"},
+            {"dst": "10.96.0.0/12", "gateway": "10.213.0.1", "dev": "eth0", "metric": 100},
             {"dst": "169.254.1.1", "dev": "eth0", "scope": "link"},
             {"dst": "192.168.0.0/16", "dev": "other0"}
         ]);
@@ -454,22 +458,19 @@ mod tests {
                 .unwrap()
                 .iter()
                 .filter_map(|r| pod_route(r, ipv6, &["eth0"]))
-                .map(|r| (r.destination, r.gateway, r.device))
-                .collect::<Vec<(String, String, String)>>()
+                .map(|r| (r.destination, r.gateway, r.metric))
+                .collect::<Vec<(String, String, u32)>>()
         };
         let mut got = routes_of(&routes, false);
         got.extend(routes_of(&ipv6_routes, true));
         let want = [
-            ("0.0.0.0/0", "10.213.0.1", "eth0"),
-            ("10.96.0.0/12", "10.213.0.1", "eth0"),
-            ("169.254.1.1/32", "", "eth0"),
-            ("fd00:99::7/128", "", "eth0"),
-            ("::/0", "fe80::1", "eth0"),
+            ("0.0.0.0/0", "10.213.0.1", 0),
+            ("10.96.0.0/12", "10.213.0.1", 100),
+            ("169.254.1.1/32", "", 0),
+            ("fd00:99::7/128", "", 1024),
+            ("::/0", "fe80::1", 1024),
         ];
-        assert_eq!(
-            got,
-            want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
-        );
+        assert_eq!(got, want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c)));
     }
 
     /// What `program` (ip or tc) prints for `args` in namespace `netns`.
