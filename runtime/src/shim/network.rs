@@ -198,13 +198,16 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
     let names: Vec<&str> = network.nics.iter().map(|n| n.name.as_str()).collect();
     for (family, ipv6) in [("-4", false), ("-6", true)] {
         let routes = json_of("ip", &["-j", family, "route", "show"])?;
-        network.routes.extend(
-            routes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| pod_route(r, ipv6, &names)),
-        );
+        for route in routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| pod_routes(r, ipv6, &names))
+        {
+            if !network.routes.contains(&route) {
+                network.routes.push(route);
+            }
+        }
     }
     let neighbours = json_of("ip", &["-j", "-4", "neigh", "show", "nud", "permanent"])?;
     network.neighbours = neighbours
@@ -266,31 +269,54 @@ fn pod_interface(link: &Value) -> Option<(String, String, u32, Vec<String>)> {
     ))
 }
 
-/// A route the guest must be given: on one of the pod's interfaces, and
-/// not one its kernel makes itself for an address's own subnet.
-fn pod_route(route: &Value, ipv6: bool, interfaces: &[&str]) -> Option<Route> {
-    let device = route["dev"].as_str()?;
-    if !interfaces.contains(&device) || route["protocol"] == "kernel" {
-        return None;
-    }
-    let destination = match route["dst"].as_str()? {
-        "default" if ipv6 => "::/0".to_owned(),
-        "default" => "0.0.0.0/0".to_owned(),
-        d if d.contains('/') => d.to_owned(),
-        d => match d.parse::<IpAddr>().ok()? {
-            IpAddr::V4(a) => format!("{a}/32"),
-            IpAddr::V6(a) => format!("{a}/128"),
-        },
+/// The routes the guest must be given for one of the pod's: none where it
+/// is on another interface or one the guest's kernel makes itself for an
+/// address's own subnet. An `onlink` route's gateway lies outside the
+/// link's subnets, which SIOCADDRT cannot say: a host route to the gateway
+/// on the link goes with it (the agent adds on-link routes first).
+fn pod_routes(route: &Value, ipv6: bool, interfaces: &[&str]) -> Vec<Route> {
+    let Some(device) = route["dev"].as_str() else {
+        return Vec::new();
     };
-    let mut r = Route::new();
-    r.destination = destination;
-    r.gateway = route["gateway"].as_str().unwrap_or_default().to_owned();
-    r.device = device.to_owned();
-    r.metric = route["metric"]
+    if !interfaces.contains(&device) || route["protocol"] == "kernel" {
+        return Vec::new();
+    }
+    let host = |a: IpAddr| match a {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    };
+    let destination = match route["dst"].as_str() {
+        Some("default") if ipv6 => "::/0".to_owned(),
+        Some("default") => "0.0.0.0/0".to_owned(),
+        Some(d) if d.contains('/') => d.to_owned(),
+        Some(d) => match d.parse::<IpAddr>() {
+            Ok(a) => host(a),
+            Err(_) => return Vec::new(),
+        },
+        None => return Vec::new(),
+    };
+    let route_to = |destination: String, gateway: &str, metric: u32| {
+        let mut r = Route::new();
+        r.destination = destination;
+        r.gateway = gateway.to_owned();
+        r.device = device.to_owned();
+        r.metric = metric;
+        r
+    };
+    let gateway = route["gateway"].as_str().unwrap_or_default();
+    let metric = route["metric"]
         .as_u64()
         .and_then(|m| u32::try_from(m).ok())
         .unwrap_or_default();
-    Some(r)
+    let onlink = route["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == "onlink"));
+    let mut routes = Vec::new();
+    if let (true, Ok(gw)) = (onlink, gateway.parse::<IpAddr>()) {
+        routes.push(route_to(host(gw), "", 0));
+    }
+    routes.push(route_to(destination, gateway, metric));
+    routes
 }
 
 /// A permanent neighbour on one of the pod's interfaces (`ip -j neigh`
@@ -444,7 +470,8 @@ mod tests {
             {"dst": "10.213.0.0/30", "dev": "eth0", "protocol": "kernel", "scope": "link"},
             {"dst": "10.96.0.0/12", "gateway": "10.213.0.1", "dev": "eth0", "metric": 100},
             {"dst": "169.254.1.1", "dev": "eth0", "scope": "link"},
-            {"dst": "192.168.0.0/16", "dev": "other0"}
+            {"dst": "192.168.0.0/16", "dev": "other0"},
+            {"dst": "172.20.0.0/16", "gateway": "172.31.0.1", "dev": "eth0", "flags": ["onlink"]}
         ]);
         let ipv6_routes = json!([
             {"dst": "fd00::/126", "dev": "eth0", "protocol": "kernel", "metric": 256},
@@ -457,7 +484,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter_map(|r| pod_route(r, ipv6, &["eth0"]))
+                .flat_map(|r| pod_routes(r, ipv6, &["eth0"]))
                 .map(|r| (r.destination, r.gateway, r.metric))
                 .collect::<Vec<(String, String, u32)>>()
         };
@@ -467,6 +494,8 @@ mod tests {
             ("0.0.0.0/0", "10.213.0.1", 0),
             ("10.96.0.0/12", "10.213.0.1", 100),
             ("169.254.1.1/32", "", 0),
+            ("172.31.0.1/32", "", 0),
+            ("172.20.0.0/16", "172.31.0.1", 0),
             ("fd00:99::7/128", "", 1024),
             ("::/0", "fe80::1", 1024),
         ];
