@@ -11,6 +11,8 @@ pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+mod test_driver;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

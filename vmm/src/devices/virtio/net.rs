@@ -948,18 +948,16 @@ fn send_frame(
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
-    use std::sync::atomic::{fence, AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::split::Descriptor;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::Address;
 
     use super::*;
+    use crate::devices::virtio::test_driver::DriverQueue;
     use crate::devices::virtio::INT_USED_RING;
 
     const MEM_SIZE: u64 = 0x40_0000;
@@ -975,97 +973,6 @@ mod tests {
     const R: bool = false;
     const W: bool = true;
     const MAC: [u8; 6] = [0x02, 0xab, 0xcd, 0x00, 0x01, 0x02];
-
-    /// One queue as the driver sees it: descriptors written in order from
-    /// index 0, wrapping, and a used ring of its own.
-    struct DriverQueue {
-        desc: GuestAddress,
-        avail: GuestAddress,
-        used: GuestAddress,
-        next_desc: u16,
-        avail_idx: u16,
-        used_seen: u16,
-    }
-
-    impl DriverQueue {
-        fn new(mem: &GuestMemory, base: u64) -> (DriverQueue, Queue) {
-            let mock = MockSplitQueue::create(mem, GuestAddress(base), QSIZE);
-            let mut queue: Queue = mock.create_queue().unwrap();
-            let used = GuestAddress(base + USED_OFFSET);
-            queue.try_set_used_ring_address(used).unwrap();
-            // Fresh rings, as a driver allocates them: flags and index zero.
-            mem.write_obj(0u32, used).unwrap();
-            let dq = DriverQueue {
-                desc: mock.desc_table_addr(),
-                avail: mock.avail_addr(),
-                used,
-                next_desc: 0,
-                avail_idx: 0,
-                used_seen: 0,
-            };
-            (dq, queue)
-        }
-
-        /// Writes `descs` at consecutive table indices, their `next` fields
-        /// taken as relative to the first, and makes the first available.
-        fn add_raw(&mut self, mem: &GuestMemory, descs: &[Descriptor]) -> u16 {
-            if self.next_desc + descs.len() as u16 > QSIZE {
-                self.next_desc = 0;
-            }
-            let head = self.next_desc;
-            for (i, d) in descs.iter().enumerate() {
-                let d = Descriptor::new(d.addr().0, d.len(), d.flags(), head + d.next());
-                let addr = self.desc.unchecked_add(16 * u64::from(head + i as u16));
-                mem.write_obj(RawDescriptor::from(d), addr).unwrap();
-            }
-            self.next_desc += descs.len() as u16;
-            self.publish(mem, head);
-            head
-        }
-
-        /// A well-linked chain of (address, length, device-writable).
-        fn add(&mut self, mem: &GuestMemory, descs: &[(u64, u32, bool)]) -> u16 {
-            let raw: Vec<Descriptor> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, write))| {
-                    let mut flags = if write { VRING_DESC_F_WRITE } else { 0 };
-                    if i + 1 < descs.len() {
-                        flags |= VRING_DESC_F_NEXT;
-                    }
-                    Descriptor::new(addr, len, flags as u16, i as u16 + 1)
-                })
-                .collect();
-            self.add_raw(mem, &raw)
-        }
-
-        fn publish(&mut self, mem: &GuestMemory, head: u16) {
-            let slot = self
-                .avail
-                .unchecked_add(4 + 2 * u64::from(self.avail_idx % QSIZE));
-            mem.write_obj(head, slot).unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            fence(Ordering::SeqCst);
-            mem.write_obj(self.avail_idx, self.avail.unchecked_add(2))
-                .unwrap();
-        }
-
-        /// The next used element (id, len), if any.
-        fn next_used(&mut self, mem: &GuestMemory) -> Option<(u16, u32)> {
-            let idx: u16 = mem.read_obj(self.used.unchecked_add(2)).unwrap();
-            fence(Ordering::SeqCst);
-            if idx == self.used_seen {
-                return None;
-            }
-            let elem = self
-                .used
-                .unchecked_add(4 + 8 * u64::from(self.used_seen % QSIZE));
-            let id: u32 = mem.read_obj(elem).unwrap();
-            let len: u32 = mem.read_obj(elem.unchecked_add(4)).unwrap();
-            self.used_seen = self.used_seen.wrapping_add(1);
-            Some((id as u16, len))
-        }
-    }
 
     fn guest_memory() -> GuestMemory {
         GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
@@ -1112,8 +1019,8 @@ mod tests {
     impl Harness {
         fn new() -> Harness {
             let mem = guest_memory();
-            let (rx, rxq) = DriverQueue::new(&mem, RX_RING);
-            let (tx, txq) = DriverQueue::new(&mem, TX_RING);
+            let (rx, rxq) = DriverQueue::new(&mem, RX_RING, QSIZE, Some(RX_RING + USED_OFFSET));
+            let (tx, txq) = DriverQueue::new(&mem, TX_RING, QSIZE, Some(TX_RING + USED_OFFSET));
             let (tap, host) = tap_pair();
             let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
             let handler = Handler::new(mem.clone(), rxq, txq, tap.file, interrupt).unwrap();
@@ -1370,13 +1277,9 @@ mod tests {
 
         // An index claiming more chains than the queue holds is refused
         // and the handler returns instead of spinning.
-        h.mem
-            .write_obj(1000u16, h.tx.avail.unchecked_add(2))
-            .unwrap();
+        h.tx.set_avail_idx(&h.mem, 1000);
         h.handler.process_tx();
-        h.mem
-            .write_obj(1000u16, h.rx.avail.unchecked_add(2))
-            .unwrap();
+        h.rx.set_avail_idx(&h.mem, 1000);
         h.host_send(&frame(60, 0));
         h.handler.process_rx();
         assert_eq!(h.handler.tap_state, TapState::Paused);
@@ -1644,8 +1547,8 @@ mod tests {
             EventFd::new(EFD_NONBLOCK).unwrap(),
         ];
         let activate = |dev: &mut Net| {
-            let (rx, rxq) = DriverQueue::new(&mem, RX_RING);
-            let (tx, txq) = DriverQueue::new(&mem, TX_RING);
+            let (rx, rxq) = DriverQueue::new(&mem, RX_RING, QSIZE, Some(RX_RING + USED_OFFSET));
+            let (tx, txq) = DriverQueue::new(&mem, TX_RING, QSIZE, Some(TX_RING + USED_OFFSET));
             dev.activate(ActivateContext {
                 mem: mem.clone(),
                 queues: vec![rxq, txq],
@@ -1702,7 +1605,7 @@ mod tests {
 
         let (tap, _host) = tap_pair();
         let mut one_queue = net(tap);
-        let (_, q) = DriverQueue::new(&mem, RX_RING);
+        let (_, q) = DriverQueue::new(&mem, RX_RING, QSIZE, Some(RX_RING + USED_OFFSET));
         let e = one_queue.activate(ActivateContext {
             mem: mem.clone(),
             queues: vec![q],

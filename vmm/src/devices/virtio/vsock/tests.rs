@@ -5,14 +5,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -20,6 +17,7 @@ use super::backend::{Timeouts, MAX_CONNECTIONS};
 use super::connection::{CONN_BUF_SIZE, CREDIT_UPDATE_THRESHOLD};
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::test_driver::DriverQueue;
 use crate::devices::virtio::{Interrupt, INT_USED_RING};
 use crate::memory::GuestMemory;
 
@@ -32,62 +30,6 @@ const TX_SLOT_SIZE: u64 = 0x11000;
 const RX_BUF_BASE: u64 = 0x10_0000;
 const TX_BUF_BASE: u64 = 0x80_0000;
 const WAIT: Duration = Duration::from_secs(5);
-
-/// One queue as the driver sees it.
-struct DriverQueue {
-    desc: GuestAddress,
-    avail: GuestAddress,
-    used: GuestAddress,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl DriverQueue {
-    fn new(mem: &GuestMemory, base: u64) -> (Self, Queue) {
-        let mock = MockSplitQueue::create(mem, GuestAddress(base), QSIZE);
-        let queue = mock.create_queue().unwrap();
-        let dq = Self {
-            desc: mock.desc_table_addr(),
-            avail: mock.avail_addr(),
-            used: mock.used_addr(),
-            avail_idx: 0,
-            used_seen: 0,
-        };
-        (dq, queue)
-    }
-
-    fn set_desc(&self, mem: &GuestMemory, index: u16, d: Descriptor) {
-        let addr = GuestAddress(self.desc.0 + 16 * u64::from(index));
-        mem.write_obj(RawDescriptor::from(d), addr).unwrap();
-    }
-
-    fn publish(&mut self, mem: &GuestMemory, head: u16) {
-        let slot = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.avail_idx % QSIZE));
-        mem.write_obj(head, slot).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        fence(Ordering::SeqCst);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail.0 + 2))
-            .unwrap();
-    }
-
-    fn used_idx(&self, mem: &GuestMemory) -> u16 {
-        let idx = mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap();
-        fence(Ordering::SeqCst);
-        idx
-    }
-
-    /// The next used element (id, len), if any.
-    fn next_used(&mut self, mem: &GuestMemory) -> Option<(u16, u32)> {
-        if self.used_idx(mem) == self.used_seen {
-            return None;
-        }
-        let elem = GuestAddress(self.used.0 + 4 + 8 * u64::from(self.used_seen % QSIZE));
-        let id: u32 = mem.read_obj(elem).unwrap();
-        let len: u32 = mem.read_obj(GuestAddress(elem.0 + 4)).unwrap();
-        self.used_seen = self.used_seen.wrapping_add(1);
-        Some((id as u16, len))
-    }
-}
 
 /// The test's guest: a vsock driver over the device's queues.
 struct Guest {
@@ -106,9 +48,9 @@ impl Guest {
 
     fn activate_with(dev: &mut Vsock, rx_bufs: u16) -> Self {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
-        let (rx, rxq) = DriverQueue::new(&mem, 0);
-        let (tx, txq) = DriverQueue::new(&mem, 0x1_0000);
-        let (_, evq) = DriverQueue::new(&mem, 0x2_0000);
+        let (rx, rxq) = DriverQueue::new(&mem, 0, QSIZE, None);
+        let (tx, txq) = DriverQueue::new(&mem, 0x1_0000, QSIZE, None);
+        let (_, evq) = DriverQueue::new(&mem, 0x2_0000, QSIZE, None);
         let kicks: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
