@@ -421,3 +421,29 @@ fn a_failing_or_guest_side_hook_stops_create_and_leaves_nothing() {
     }
     containerd.finish();
 }
+
+#[test]
+fn failing_poststart_and_poststop_hooks_are_logged_and_the_container_goes_on() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    let id = containerd.id();
+    let mut bundle = bundle_with_hooks(&id, &["sh", "-c", "echo still-here"], &[]);
+    let failing = bundle.path().join("fail.sh");
+    write_script(&failing, "echo hook-says-no >&2; exit 5");
+    let entry = json!([{"path": failing.to_str().unwrap()}]);
+    bundle.config["hooks"] = json!({"poststart": entry, "poststop": entry});
+    bundle.save();
+    let config = bundle.path().join("config.json");
+    let mut cmd = containerd.ctr(&["run", "--runtime", "io.containerd.kata-rs.v2", "--rm"]);
+    let out = run(cmd.arg("--config").arg(&config).arg(&id), None);
+    containerd.finish();
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "still-here\n"),
+        "{out:?}"
+    );
+    assert!(!pod_dir(&id).exists(), "the pod directory is left");
+    assert_eq!(pod_processes(&id), Vec::<String>::new());
+    assert_no_container_left(&[&id]);
+}

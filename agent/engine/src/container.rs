@@ -13,7 +13,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::Serialize;
 
-use crate::error::{EngineError, Result};
+use crate::error::{chain, EngineError, Result};
 use crate::lock::IdLock;
 
 /// Runs a libcontainer call that reads the init's status, a second time if
@@ -133,15 +133,22 @@ impl Container {
         }
     }
 
-    /// Runs the process of a created container (the user's program).
+    /// Runs the process of a created container (the user's program), then
+    /// the poststart hooks. A hook that fails is logged and the container
+    /// runs on, as the runtime spec has it.
     pub fn start(&mut self) -> Result<()> {
         if !self.inner.can_start() {
             return Err(self.wrong_status("start it (only a created container starts)"));
         }
         let id = self.id().to_owned();
-        self.inner
-            .start()
-            .map_err(|e| EngineError::engine(&id, "start", e))
+        match self.inner.start() {
+            Ok(()) => Ok(()),
+            Err(LibcontainerError::Hook(e)) => {
+                tracing::warn!(id, error = %chain(&e), "a poststart hook failed");
+                Ok(())
+            }
+            Err(e) => Err(EngineError::engine(&id, "start", e)),
+        }
     }
 
     /// Sends `signal` to the init, or with `all` to every process of the
@@ -193,7 +200,9 @@ impl Container {
     }
 
     /// Removes the container: its processes (with `force`, or when it is
-    /// only created), cgroup, state and lock. Runs the poststop hooks.
+    /// only created), cgroup, state and lock. Runs the poststop hooks; one
+    /// that fails is logged and the removal goes on, as the runtime spec
+    /// has it.
     pub fn delete(mut self, force: bool) -> Result<()> {
         let status = self.inner.status();
         let stoppable = matches!(status, ContainerStatus::Stopped | ContainerStatus::Created);
@@ -209,6 +218,16 @@ impl Container {
         loop {
             match self.inner.delete(force) {
                 Ok(()) => break,
+                // libcontainer stops before the state directory goes.
+                Err(LibcontainerError::Hook(e)) => {
+                    tracing::warn!(id, error = %chain(&e), "a poststop hook failed");
+                    std::fs::remove_dir_all(&self.inner.root).map_err(|e| EngineError::Engine {
+                        id: id.clone(),
+                        step: "delete",
+                        message: format!("removing {}: {e}", self.inner.root.display()),
+                    })?;
+                    break;
+                }
                 Err(libcontainer::error::LibcontainerError::CgroupManager(e))
                     if backoff < std::time::Duration::from_millis(500) =>
                 {

@@ -478,7 +478,8 @@ impl Pod {
     }
 
     /// Runs the prestart and createRuntime hooks of container `id`, just
-    /// created in the VM, and removes it there if one fails.
+    /// created in the VM; if one fails, removes it there and runs the
+    /// poststop hooks, as runc does.
     fn run_create_hooks(&self, id: &str, hooks: Option<&HostHooks>) -> Result<()> {
         let Some(hooks) = hooks else { return Ok(()) };
         let vmm = self.task_pid(id, "");
@@ -489,6 +490,7 @@ impl Pod {
             if let Err(e) = force_remove(self.client()?, id) {
                 tracing::warn!(id, error = %e, "remove the container in the agent");
             }
+            hooks.run_logged(id, HostHook::Poststop, vmm);
         }
         ran
     }
