@@ -92,9 +92,6 @@ fn validate(req: &SetupPodNetworkRequest) -> Result<()> {
     for route in &req.routes {
         let (dest, _) = parse_cidr(&route.destination)?;
         parse_gateway(&route.gateway, dest)?;
-        if dest.is_ipv4() {
-            ipv4_metric(route)?;
-        }
         check_name(&route.device)?;
     }
     for neighbour in &req.neighbours {
@@ -149,9 +146,13 @@ fn set_up_interface(iface: &Interface, current: &str) -> Result<()> {
     if !v6.is_empty() {
         // CNI claimed these addresses on the pod's side already; waiting
         // out duplicate address detection would only keep them unusable
-        // (tentative) for the pod's first second.
-        let dad = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
-        std::fs::write(&dad, "0").map_err(io_err(format!("write {dad}")))?;
+        // (tentative) for the pod's first second. And the pod's routes come
+        // from the host as they are: a router advertisement taken here
+        // would add a default route that the pod's own then collides with.
+        for (knob, value) in [("accept_dad", "0"), ("accept_ra", "0")] {
+            let path = format!("/proc/sys/net/ipv6/conf/{name}/{knob}");
+            std::fs::write(&path, value).map_err(io_err(format!("write {path}")))?;
+        }
     }
     for (addr, prefix) in v6 {
         add_ipv6_address(name, addr, prefix)?;
@@ -218,8 +219,7 @@ fn add_ipv4_route(
 ) -> io::Result<()> {
     let device = CString::new(route.device.as_str())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the device is not a name"))?;
-    let metric = ipv4_metric(route)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let metric = ipv4_metric(route);
     // SAFETY: rtentry is plain data; all zeroes is a valid value.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
     rt.rt_metric = metric;
@@ -245,14 +245,16 @@ fn add_ipv4_route(
 }
 
 /// An IPv4 route's metric as SIOCADDRT takes it: one more than the
-/// route's, in a short; 0 for the default.
-fn ipv4_metric(route: &Route) -> Result<libc::c_short> {
-    let metric = route.metric.saturating_add(1);
-    libc::c_short::try_from(metric).map_err(|_| {
-        NetworkError::Invalid(format!(
-            "the route to {} has metric {}: an IPv4 route's must be below 32767",
-            route.destination, route.metric
-        ))
+/// route's, in a short; 0 for the default. A larger one (Linux allows 32
+/// bits) is the largest a short holds, which keeps it behind the others.
+fn ipv4_metric(route: &Route) -> libc::c_short {
+    libc::c_short::try_from(route.metric.saturating_add(1)).unwrap_or_else(|_| {
+        tracing::warn!(
+            destination = %route.destination,
+            metric = route.metric,
+            "an IPv4 route's metric above 32766 is given as 32766"
+        );
+        libc::c_short::MAX
     })
 }
 
@@ -262,19 +264,17 @@ fn add_ipv6_route(
     gateway: Option<Ipv6Addr>,
     route: &Route,
 ) -> io::Result<()> {
+    // No RTF_HOST: IPv6 reads that bit as RTNH_F_ONLINK, and a /128 says
+    // as much already.
     let mut flags = libc::RTF_UP as u32;
     if gateway.is_some() {
         flags |= libc::RTF_GATEWAY as u32;
-    }
-    if prefix == 128 {
-        flags |= libc::RTF_HOST as u32;
     }
     let rt = In6Rtmsg {
         dst: in6_addr(dest),
         src: in6_addr(Ipv6Addr::UNSPECIFIED),
         gateway: in6_addr(gateway.unwrap_or(Ipv6Addr::UNSPECIFIED)),
-        // 0: a unicast route, at the kernel's default metric.
-        kind: 0,
+        kind: u32::from(libc::RTN_UNICAST),
         dst_len: u16::from(prefix),
         src_len: 0,
         metric: route.metric,
@@ -601,6 +601,7 @@ mod tests {
                 route_with_metric("192.168.60.0/24", "10.1.2.254", 100),
                 route_with_metric("192.168.60.0/24", "10.1.2.253", 200),
                 route_with_metric("fd00:60::/64", "fd00:1::1", 300),
+                route_with_metric("192.168.70.0/24", "10.1.2.254", 40000),
             ];
             req.neighbours = vec![neighbour("169.254.1.1", "EE:EE:EE:EE:EE:EE", "eth7")];
             setup_pod_network(&req).unwrap();
@@ -634,7 +635,8 @@ mod tests {
         assert!(
             routes.contains("192.168.60.0/24 via 10.1.2.254 dev eth7 metric 100")
                 && routes.contains("192.168.60.0/24 via 10.1.2.253 dev eth7 metric 200")
-                && routes.contains("fd00:60::/64 via fd00:1::1 dev eth7 metric 300"),
+                && routes.contains("fd00:60::/64 via fd00:1::1 dev eth7 metric 300")
+                && routes.contains("192.168.70.0/24 via 10.1.2.254 dev eth7 metric 32766"),
             "{routes}"
         );
         assert!(addrs.contains("lo    inet 127.0.0.1/8"), "{addrs}");
@@ -741,10 +743,6 @@ mod tests {
                  its alias fourteen-chars:1 is longer than 15 bytes"
             ));
             req.interfaces.clear();
-            req.routes = vec![route_with_metric("10.0.0.0/8", "", 40000)];
-            assert!(err(&req).contains(
-                "the route to 10.0.0.0/8 has metric 40000: an IPv4 route's must be below 32767"
-            ));
             req.routes = vec![route("10.0.0.0/8", "", "a-name-longer-than-ifnamsiz")];
             assert!(err(&req).contains("is not an interface name"));
             req.routes = vec![route("10.0.0.0/8", "10.0.0.1", "eth9")];

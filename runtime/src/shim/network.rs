@@ -196,18 +196,31 @@ fn join_all(network: &mut PodNetwork) -> Result<()> {
         tracing::info!(interface = %name, tap = %tap_name, %mac, "pod interface joined to a tap");
     }
     let names: Vec<&str> = network.nics.iter().map(|n| n.name.as_str()).collect();
+    let mut routes = Vec::new();
     for (family, ipv6) in [("-4", false), ("-6", true)] {
-        let routes = json_of("ip", &["-j", family, "route", "show"])?;
-        for route in routes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|r| pod_routes(r, ipv6, &names))
-        {
-            if !network.routes.contains(&route) {
-                network.routes.push(route);
-            }
-        }
+        let listed = json_of("ip", &["-j", family, "route", "show"])?;
+        routes.extend(
+            listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| pod_route(r, ipv6, &names)),
+        );
+    }
+    network.routes = with_onlink_gateways(routes);
+    let ipv6_neighbours = json_of("ip", &["-j", "-6", "neigh", "show", "nud", "permanent"])?;
+    let left_out: Vec<&str> = ipv6_neighbours
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["dev"].as_str().is_some_and(|d| names.contains(&d)))
+        .filter_map(|n| n["dst"].as_str())
+        .collect();
+    if !left_out.is_empty() {
+        tracing::warn!(
+            ?left_out,
+            "permanent IPv6 neighbours are not given to the guest (it finds them by NDP)"
+        );
     }
     let neighbours = json_of("ip", &["-j", "-4", "neigh", "show", "nud", "permanent"])?;
     network.neighbours = neighbours
@@ -269,31 +282,24 @@ fn pod_interface(link: &Value) -> Option<(String, String, u32, Vec<String>)> {
     ))
 }
 
-/// The routes the guest must be given for one of the pod's: none where it
-/// is on another interface or one the guest's kernel makes itself for an
-/// address's own subnet. An `onlink` route's gateway lies outside the
-/// link's subnets, which SIOCADDRT cannot say: a host route to the gateway
-/// on the link goes with it (the agent adds on-link routes first).
-fn pod_routes(route: &Value, ipv6: bool, interfaces: &[&str]) -> Vec<Route> {
-    let Some(device) = route["dev"].as_str() else {
-        return Vec::new();
-    };
+/// A route the guest must be given: on one of the pod's interfaces, and
+/// not one its kernel makes itself for an address's own subnet. With it,
+/// for an `onlink` route, whose gateway lies outside the link's subnets
+/// (which SIOCADDRT cannot say), a host route to the gateway on the link.
+fn pod_route(route: &Value, ipv6: bool, interfaces: &[&str]) -> Option<(Route, Option<Route>)> {
+    let device = route["dev"].as_str()?;
     if !interfaces.contains(&device) || route["protocol"] == "kernel" {
-        return Vec::new();
+        return None;
     }
     let host = |a: IpAddr| match a {
         IpAddr::V4(a) => format!("{a}/32"),
         IpAddr::V6(a) => format!("{a}/128"),
     };
-    let destination = match route["dst"].as_str() {
-        Some("default") if ipv6 => "::/0".to_owned(),
-        Some("default") => "0.0.0.0/0".to_owned(),
-        Some(d) if d.contains('/') => d.to_owned(),
-        Some(d) => match d.parse::<IpAddr>() {
-            Ok(a) => host(a),
-            Err(_) => return Vec::new(),
-        },
-        None => return Vec::new(),
+    let destination = match route["dst"].as_str()? {
+        "default" if ipv6 => "::/0".to_owned(),
+        "default" => "0.0.0.0/0".to_owned(),
+        d if d.contains('/') => d.to_owned(),
+        d => host(d.parse().ok()?),
     };
     let route_to = |destination: String, gateway: &str, metric: u32| {
         let mut r = Route::new();
@@ -311,12 +317,30 @@ fn pod_routes(route: &Value, ipv6: bool, interfaces: &[&str]) -> Vec<Route> {
     let onlink = route["flags"]
         .as_array()
         .is_some_and(|f| f.iter().any(|f| f == "onlink"));
-    let mut routes = Vec::new();
-    if let (true, Ok(gw)) = (onlink, gateway.parse::<IpAddr>()) {
-        routes.push(route_to(host(gw), "", 0));
+    let to_gateway = gateway
+        .parse()
+        .ok()
+        .filter(|_| onlink)
+        .map(|gw| route_to(host(gw), "", 0));
+    Some((route_to(destination, gateway, metric), to_gateway))
+}
+
+/// The pod's routes, each onlink gateway's host route (which the agent adds
+/// before the routes through it) included once, unless the pod has a route
+/// on the link to that gateway already, whatever its metric.
+fn with_onlink_gateways(routes: Vec<(Route, Option<Route>)>) -> Vec<Route> {
+    let mut all: Vec<Route> = routes.iter().map(|(r, _)| r.clone()).collect();
+    for to_gateway in routes.into_iter().filter_map(|(_, g)| g) {
+        let known = all.iter().any(|r| {
+            r.gateway.is_empty()
+                && r.destination == to_gateway.destination
+                && r.device == to_gateway.device
+        });
+        if !known {
+            all.push(to_gateway);
+        }
     }
-    routes.push(route_to(destination, gateway, metric));
-    routes
+    all
 }
 
 /// A permanent neighbour on one of the pod's interfaces (`ip -j neigh`
@@ -471,33 +495,42 @@ mod tests {
             {"dst": "10.96.0.0/12", "gateway": "10.213.0.1", "dev": "eth0", "metric": 100},
             {"dst": "169.254.1.1", "dev": "eth0", "scope": "link"},
             {"dst": "192.168.0.0/16", "dev": "other0"},
-            {"dst": "172.20.0.0/16", "gateway": "172.31.0.1", "dev": "eth0", "flags": ["onlink"]}
+            {"dst": "172.20.0.0/16", "gateway": "172.31.0.1", "dev": "eth0", "flags": ["onlink"]},
+            {"dst": "172.21.0.0/16", "gateway": "172.31.0.1", "dev": "eth0", "flags": ["onlink"]}
         ]);
         let ipv6_routes = json!([
             {"dst": "fd00::/126", "dev": "eth0", "protocol": "kernel", "metric": 256},
             {"dst": "fe80::/64", "dev": "eth0", "protocol": "kernel", "metric": 256},
             {"dst": "fd00:99::7", "dev": "eth0", "metric": 1024},
-            {"dst": "default", "gateway": "fe80::1", "dev": "eth0", "metric": 1024}
+            {"dst": "default", "gateway": "fe80::1", "dev": "eth0", "metric": 1024},
+            {"dst": "fd00:77::/64", "gateway": "fd00:99::7", "dev": "eth0", "flags": ["onlink"]}
         ]);
         let routes_of = |routes: &Value, ipv6| {
             routes
                 .as_array()
                 .unwrap()
                 .iter()
-                .flat_map(|r| pod_routes(r, ipv6, &["eth0"]))
-                .map(|r| (r.destination, r.gateway, r.metric))
-                .collect::<Vec<(String, String, u32)>>()
+                .filter_map(|r| pod_route(r, ipv6, &["eth0"]))
+                .collect::<Vec<_>>()
         };
-        let mut got = routes_of(&routes, false);
-        got.extend(routes_of(&ipv6_routes, true));
+        let mut listed = routes_of(&routes, false);
+        listed.extend(routes_of(&ipv6_routes, true));
+        let got: Vec<(String, String, u32)> = with_onlink_gateways(listed)
+            .into_iter()
+            .map(|r| (r.destination, r.gateway, r.metric))
+            .collect();
+        // Each onlink gateway's host route once, after the routes, and
+        // none where the pod routes to the gateway on the link itself.
         let want = [
             ("0.0.0.0/0", "10.213.0.1", 0),
             ("10.96.0.0/12", "10.213.0.1", 100),
             ("169.254.1.1/32", "", 0),
-            ("172.31.0.1/32", "", 0),
             ("172.20.0.0/16", "172.31.0.1", 0),
+            ("172.21.0.0/16", "172.31.0.1", 0),
             ("fd00:99::7/128", "", 1024),
             ("::/0", "fe80::1", 1024),
+            ("fd00:77::/64", "fd00:99::7", 0),
+            ("172.31.0.1/32", "", 0),
         ];
         assert_eq!(got, want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c)));
     }
