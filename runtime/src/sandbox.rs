@@ -46,6 +46,8 @@ pub enum SandboxError {
     },
     #[error("the agent did not answer within {0:?}; {1}")]
     AgentTimeout(Duration, String),
+    #[error("the guest's agent cannot serve this runtime")]
+    Agent(#[source] kata_rs_protocol::ClientError),
     #[error("agent request {what} failed")]
     Rpc {
         what: &'static str,
@@ -226,7 +228,12 @@ impl VmSandbox {
                         ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64),
                         &req,
                     ) {
-                        Ok(_) => return Ok(client),
+                        Ok(_) => {
+                            client
+                                .check_protocol(HANDSHAKE_TIMEOUT)
+                                .map_err(SandboxError::Agent)?;
+                            return Ok(client);
+                        }
                         Err(e) => last_error = format!("health check: {e}"),
                     }
                 }

@@ -21,6 +21,17 @@ pub enum ClientError {
     },
     #[error("setting up the ttrpc client")]
     Ttrpc(#[source] ttrpc::Error),
+    #[error("asking the agent its version")]
+    Version(#[source] ttrpc::Error),
+    #[error(
+        "the agent speaks protocol {agent} (kata-rs-agent {agent_version}), this runtime {ours}: \
+         the initrd or host agent is from another build of kata-rs"
+    )]
+    Mismatch {
+        agent: u32,
+        agent_version: String,
+        ours: u32,
+    },
 }
 
 /// Clients for every agent service, sharing one ttrpc connection.
@@ -47,6 +58,24 @@ impl AgentClient {
             health: HealthClient::new(client.clone()),
             agent: AgentServiceClient::new(client),
         })
+    }
+
+    /// Checks that the agent speaks this build's protocol: one from another
+    /// build could misread requests (routes, hooks) without failing.
+    pub fn check_protocol(&self, timeout: Duration) -> Result<(), ClientError> {
+        let ctx = ttrpc::context::with_timeout(timeout.as_nanos() as i64);
+        let version = self
+            .health
+            .version(ctx, &crate::health::VersionRequest::new())
+            .map_err(ClientError::Version)?;
+        if version.protocol_version != crate::PROTOCOL_VERSION {
+            return Err(ClientError::Mismatch {
+                agent: version.protocol_version,
+                agent_version: version.agent_version,
+                ours: crate::PROTOCOL_VERSION,
+            });
+        }
+        Ok(())
     }
 
     /// Connects to the agent on guest vsock `port` through the VMM's hybrid

@@ -42,4 +42,4 @@ pub const GUEST_SHARE_DIR: &str = "/run/kata-rs/shared";
 /// Revision of the protocol in `protos/`, reported by `Health.Version`.
 /// Bump it on any change a peer built from an older revision cannot decode
 /// or would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -151,6 +151,9 @@ fn connect(child: &mut Child, socket: &Path, log: &Path) -> Result<(ProcRef, Age
     };
     let process = ProcRef::of(child.id() as i32).context("the agent vanished")?;
     let client = AgentClient::from_stream(stream).map_err(|e| anyhow!("{e}"))?;
+    client
+        .check_protocol(READY)
+        .with_context(|| format!("the host agent on {}", socket.display()))?;
     Ok((process, client))
 }
 
