@@ -2,11 +2,11 @@
 //! handler `kata-rs`, driven over the CRI API as a kubelet drives it, with
 //! a CNI plugin (tests/cni/) giving each pod a veth as CNI plugins do.
 //!
-//! In VM mode (KATA_RS_TEST_ISOLATION=vm, where tests/run.sh runs VM tests)
-//! pods run with the handler `kata-rs`, one microVM each. Elsewhere the same
-//! tests run with the handler `runc`: the reference, which also proves the
-//! harness (CNI plugin, pause image, CRI client) against a known-good
-//! runtime; the shim does not serve namespace isolation yet.
+//! KATA_RS_TEST_CRI_HANDLER chooses the handler: `kata-rs` (in VM mode,
+//! where tests/run.sh runs VM tests, one microVM per pod; natively, in
+//! namespace isolation, one host agent per pod) or `runc`, the reference,
+//! which also proves the harness (CNI plugin, pause image, CRI client)
+//! against a known-good runtime.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
