@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Pod benchmark: pods through containerd's CRI plugin with the runtime
-# handlers kata-rs and runc side by side in one containerd: pod start, host
-# memory per pod, pods per minute with N at once. On hardware KVM or inside
-# the emulated KVM host (timings there are only meaningful as ratios).
+# handlers kata-rs (in VM and in namespace isolation) and runc side by side
+# in one containerd: pod start, host memory per pod, pods per minute with N
+# at once. On hardware KVM or inside the emulated KVM host (timings there
+# are only meaningful as ratios).
 #
 #   tests/bench/pods.sh [--runs N] [--concurrency N]
 set -euo pipefail
@@ -23,8 +24,9 @@ done
 install_all
 build_guest_kernel
 build_initrd
-cargo build --release --locked -p kata-rs -p kata-rs-vmm -p kata-rs-tests \
-    --bin kata-rs-vmm --bin containerd-shim-kata-rs-v2 --bin kata-rs-pod-bench >&2
+cargo build --release --locked -p kata-rs -p kata-rs-vmm -p kata-rs-agent -p kata-rs-tests \
+    --bin kata-rs-vmm --bin containerd-shim-kata-rs-v2 --bin kata-rs-agent \
+    --bin kata-rs-pod-bench >&2
 mode=$(kvm_mode)
 params=
 [ "$mode" = hardware ] || params=lapic=notscdeadline
@@ -38,8 +40,10 @@ initrd = "$KATA_RS_INITRD"
 kernel_params = "$params"
 [virtiofsd]
 path = "/usr/local/bin/virtiofsd"
+[runtime]
+host_agent = "$repo_root/target/release/kata-rs-agent"
 EOC
-echo "== pods through CRI ($mode KVM): kata-rs and runc in one containerd"
+echo "== pods through CRI ($mode KVM): kata-rs (VM, namespace) and runc in one containerd"
 run_with_kvm --timeout 3000 --memory-mib 4096 -- env KATA_RS_CONFIG="$config" \
     target/release/kata-rs-pod-bench --shim-dir "$repo_root/target/release" \
     --runs "$runs" --concurrency "$concurrency"

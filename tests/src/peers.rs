@@ -981,6 +981,7 @@ fn cri_config(dir: &Path) -> String {
          \x20 BinaryName = \"{RUNC}\"\n\
          [{cri}.containerd.runtimes.kata-rs]\n\
          \x20 runtime_type = \"io.containerd.kata-rs.v2\"\n\
+         \x20 pod_annotations = [\"io.kata-rs.isolation\"]\n\
          [{cri}.containerd.runtimes.kata-rs.options]\n\
          \x20 ConfigPath = \"{config_path}\"\n\
          [{cri}.cni]\n\

@@ -1,11 +1,13 @@
 //! Pod benchmark through containerd's CRI plugin, the runtime handlers
-//! `kata-rs` and `runc` side by side in one containerd:
+//! `kata-rs` and `runc` side by side in one containerd, kata-rs's pods in
+//! VM isolation and (by the pod annotation io.kata-rs.isolation) in
+//! namespace isolation, each against runc's:
 //!
 //! - pod start: RunPodSandbox, then CreateContainer and StartContainer of
 //!   one container, until CRI reports it running (median of --runs);
-//! - host memory per running pod: the PSS of its host processes (kata-rs:
-//!   the shim, the VMM and virtiofsd; runc: the shim and the processes in
-//!   the pod's cgroups);
+//! - host memory per running pod: the PSS of its host processes (kata-rs
+//!   in a VM: the shim, the VMM and virtiofsd; otherwise the shim, the host
+//!   agent if any, and the processes in the pod's cgroups);
 //! - pods per minute with --concurrency pods started and removed at once.
 //!
 //! Run it through tests/bench/pods.sh (KATA_RS_CONFIG names the kata-rs
@@ -19,7 +21,32 @@ use kata_rs_tests::cri::{self, v1::ContainerState, Cri};
 use kata_rs_tests::oci::processes_mentioning;
 use kata_rs_tests::peers::{Containerd, IMAGE};
 
-const HANDLERS: [&str; 2] = ["kata-rs", "runc"];
+/// One column of the table: a runtime handler, and the isolation kata-rs's
+/// pods ask for.
+struct Column {
+    title: &'static str,
+    handler: &'static str,
+    isolation: Option<&'static str>,
+}
+
+/// runc's, the reference, comes last.
+const COLUMNS: [Column; 3] = [
+    Column {
+        title: "kata-rs (VM)",
+        handler: "kata-rs",
+        isolation: Some("vm"),
+    },
+    Column {
+        title: "kata-rs (namespace)",
+        handler: "kata-rs",
+        isolation: Some("namespace"),
+    },
+    Column {
+        title: "runc",
+        handler: "runc",
+        isolation: None,
+    },
+];
 
 struct Args {
     shim_dir: PathBuf,
@@ -62,12 +89,17 @@ struct Pod {
     container: String,
 }
 
-fn start_pod(cri: &Cri, handler: &str, name: &str, logs: &Path) -> Result<Pod> {
+fn start_pod(cri: &Cri, column: &Column, name: &str, logs: &Path) -> Result<Pod> {
     let dir = logs.join(name);
     std::fs::create_dir_all(&dir)?;
-    let config = cri::pod_config(name, &dir);
+    let mut config = cri::pod_config(name, &dir);
+    if let Some(isolation) = column.isolation {
+        config
+            .annotations
+            .insert("io.kata-rs.isolation".into(), isolation.into());
+    }
     let id = cri
-        .run_pod(&config, handler)
+        .run_pod(&config, column.handler)
         .map_err(|e| anyhow::anyhow!("RunPodSandbox {name}: {e}"))?;
     let container = cri
         .create_container(
@@ -109,7 +141,7 @@ fn pss_kib(pid: &str) -> u64 {
 }
 
 /// The host processes that stand for `pod`: pid and name.
-fn pod_processes(handler: &str, pod: &Pod) -> Vec<(String, String)> {
+fn pod_processes(column: &Column, pod: &Pod) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = processes_mentioning(&pod.id)
         .into_iter()
         .filter_map(|p| {
@@ -117,8 +149,8 @@ fn pod_processes(handler: &str, pod: &Pod) -> Vec<(String, String)> {
             Some((pid.to_owned(), cmd.split_whitespace().next()?.to_owned()))
         })
         .collect();
-    if handler == "runc" {
-        // runc's containers run on the host: the processes in the pod's
+    if column.isolation != Some("vm") {
+        // These containers run on the host: the processes in the pod's
         // cgroups (the pause container's and the sleeper's).
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
@@ -154,16 +186,22 @@ fn main() -> Result<()> {
 
     let mut start_ms = Vec::new();
     let mut pss_mib = Vec::new();
-    for handler in HANDLERS {
+    for column in &COLUMNS {
         // One warm-up pod: images unpacked, caches filled.
-        let warm = start_pod(&cri, handler, &format!("warm-{handler}"), logs.path())?;
+        let warm = start_pod(
+            &cri,
+            column,
+            &format!("warm-{}", start_ms.len()),
+            logs.path(),
+        )?;
         remove_pod(&cri, &warm)?;
         let mut times = Vec::new();
         for run in 0..args.runs {
+            let name = format!("pod-{}-{run}", start_ms.len());
             let t = Instant::now();
             // A failed start is reported and left out: in the emulated KVM
             // host a guest now and then stalls (tests/emulated-host/README.md).
-            let pod = match start_pod(&cri, handler, &format!("{handler}-{run}"), logs.path()) {
+            let pod = match start_pod(&cri, column, &name, logs.path()) {
                 Ok(pod) => pod,
                 Err(e) => {
                     println!("failed start, left out: {e:#}");
@@ -172,9 +210,9 @@ fn main() -> Result<()> {
             };
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             if pss_mib.len() < start_ms.len() + 1 {
-                let procs = pod_processes(handler, &pod);
+                let procs = pod_processes(column, &pod);
                 let total: u64 = procs.iter().map(|(pid, _)| pss_kib(pid)).sum();
-                println!("host PSS of one running pod, handler {handler}:");
+                println!("host PSS of one running pod, {}:", column.title);
                 for (pid, name) in &procs {
                     println!(
                         "  {name} (pid {pid}): {:.1} MiB",
@@ -186,30 +224,19 @@ fn main() -> Result<()> {
             remove_pod(&cri, &pod)?;
         }
         if times.is_empty() {
-            bail!("no pod of handler {handler} started");
+            bail!("no pod of {} started", column.title);
         }
-        println!("{handler}: {} of {} starts timed", times.len(), args.runs);
+        println!(
+            "{}: {} of {} starts timed",
+            column.title,
+            times.len(),
+            args.runs
+        );
         start_ms.push(median(times));
     }
-    println!();
-    println!("| metric | kata-rs | runc | kata-rs/runc |");
-    println!("|---|---|---|---|");
-    println!(
-        "| pod start to container running (median of {}) | {:.0} ms | {:.0} ms | {:.2}x |",
-        args.runs,
-        start_ms[0],
-        start_ms[1],
-        start_ms[0] / start_ms[1]
-    );
-    println!(
-        "| host PSS per running pod | {:.1} MiB | {:.1} MiB | {:.2}x |",
-        pss_mib[0],
-        pss_mib[1],
-        pss_mib[0] / pss_mib[1]
-    );
 
     let mut per_minute = Vec::new();
-    for handler in HANDLERS {
+    for (c, column) in COLUMNS.iter().enumerate() {
         let t = Instant::now();
         let rounds = args.runs.div_ceil(args.concurrency);
         let mut done = 0;
@@ -219,8 +246,8 @@ fn main() -> Result<()> {
                     .map(|i| {
                         let (cri, logs) = (&cri, logs.path());
                         scope.spawn(move || -> Result<()> {
-                            let name = format!("par-{handler}-{round}-{i}");
-                            let pod = start_pod(cri, handler, &name, logs)?;
+                            let name = format!("par-{c}-{round}-{i}");
+                            let pod = start_pod(cri, column, &name, logs)?;
                             remove_pod(cri, &pod)
                         })
                     })
@@ -236,12 +263,41 @@ fn main() -> Result<()> {
         }
         per_minute.push(done as f64 / t.elapsed().as_secs_f64() * 60.0);
     }
+
+    println!();
+    let titles: Vec<&str> = COLUMNS.iter().map(|c| c.title).collect();
     println!(
-        "| pods per minute, {} at once | {:.1} | {:.1} | {:.2}x |",
-        args.concurrency,
-        per_minute[0],
-        per_minute[1],
-        per_minute[0] / per_minute[1]
+        "| metric | {} | {} / runc | {} / runc |",
+        titles.join(" | "),
+        titles[0],
+        titles[1]
+    );
+    println!("|---|---|---|---|---|---|");
+    let row = |metric: String, values: &[f64], unit: &str, decimals: usize| {
+        let cells: Vec<String> = values
+            .iter()
+            .map(|v| format!("{v:.decimals$}{unit}"))
+            .collect();
+        let reference = values[2];
+        println!(
+            "| {metric} | {} | {:.2}x | {:.2}x |",
+            cells.join(" | "),
+            values[0] / reference,
+            values[1] / reference
+        );
+    };
+    row(
+        format!("pod start to container running (median of {})", args.runs),
+        &start_ms,
+        " ms",
+        0,
+    );
+    row("host PSS per running pod".into(), &pss_mib, " MiB", 1);
+    row(
+        format!("pods per minute, {} at once", args.concurrency),
+        &per_minute,
+        "",
+        1,
     );
     containerd.finish();
     Ok(())
