@@ -235,6 +235,37 @@ fn main() -> Result<()> {
         start_ms.push(median(times));
     }
 
+    println!();
+    let titles: Vec<&str> = COLUMNS.iter().map(|c| c.title).collect();
+    println!(
+        "| metric | {} | {} / runc | {} / runc |",
+        titles.join(" | "),
+        titles[0],
+        titles[1]
+    );
+    println!("|---|---|---|---|---|---|");
+    let row = |metric: String, values: &[f64], unit: &str, decimals: usize| {
+        let cells: Vec<String> = values
+            .iter()
+            .map(|v| format!("{v:.decimals$}{unit}"))
+            .collect();
+        let reference = values[2];
+        println!(
+            "| {metric} | {} | {:.2}x | {:.2}x |",
+            cells.join(" | "),
+            values[0] / reference,
+            values[1] / reference
+        );
+    };
+    // Printed now: the emulated KVM host may not live through the
+    // pods started at once below.
+    row(
+        format!("pod start to container running (median of {})", args.runs),
+        &start_ms,
+        " ms",
+        0,
+    );
+    row("host PSS per running pod".into(), &pss_mib, " MiB", 1);
     let mut per_minute = Vec::new();
     for (c, column) in COLUMNS.iter().enumerate() {
         let t = Instant::now();
@@ -264,35 +295,6 @@ fn main() -> Result<()> {
         per_minute.push(done as f64 / t.elapsed().as_secs_f64() * 60.0);
     }
 
-    println!();
-    let titles: Vec<&str> = COLUMNS.iter().map(|c| c.title).collect();
-    println!(
-        "| metric | {} | {} / runc | {} / runc |",
-        titles.join(" | "),
-        titles[0],
-        titles[1]
-    );
-    println!("|---|---|---|---|---|---|");
-    let row = |metric: String, values: &[f64], unit: &str, decimals: usize| {
-        let cells: Vec<String> = values
-            .iter()
-            .map(|v| format!("{v:.decimals$}{unit}"))
-            .collect();
-        let reference = values[2];
-        println!(
-            "| {metric} | {} | {:.2}x | {:.2}x |",
-            cells.join(" | "),
-            values[0] / reference,
-            values[1] / reference
-        );
-    };
-    row(
-        format!("pod start to container running (median of {})", args.runs),
-        &start_ms,
-        " ms",
-        0,
-    );
-    row("host PSS per running pod".into(), &pss_mib, " MiB", 1);
     row(
         format!("pods per minute, {} at once", args.concurrency),
         &per_minute,
