@@ -38,8 +38,7 @@ pub enum VcpuError {
 pub enum VcpuExitReason {
     /// The guest asked for a reset (its way of powering off).
     Reset,
-    /// The guest triple-faulted; where it was (its registers, as KVM has
-    /// them after the shutdown).
+    /// The guest triple-faulted; where it was, where KVM still knows.
     TripleFault(String),
     /// KVM could not run or emulate the guest any further.
     Failed(String),
@@ -158,36 +157,49 @@ impl Vcpu {
 }
 
 impl Vcpu {
-    /// The registers that tell where a guest failed, for the error: a
-    /// triple fault leaves no other trace.
+    /// Where a triple-faulted guest was, for the error: a triple fault
+    /// leaves no other trace.
     fn where_it_was(&self) -> String {
-        let regs = match self.fd.get_regs() {
-            Ok(r) => format!(
-                "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x}",
-                r.rip, r.rsp, r.rflags, r.rax
-            ),
-            Err(e) => format!("registers unreadable: {e}"),
-        };
-        let sregs = match self.fd.get_sregs() {
-            Ok(s) => format!(
-                "cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} \
-                 idt {:#x}+{:#x} gdt {:#x}+{:#x} tr {:#x}",
-                s.cs.selector,
-                s.cr0,
-                s.cr2,
-                s.cr3,
-                s.cr4,
-                s.efer,
-                s.idt.base,
-                s.idt.limit,
-                s.gdt.base,
-                s.gdt.limit,
-                s.tr.base
-            ),
-            Err(e) => format!("special registers unreadable: {e}"),
-        };
-        format!("{regs}; {sregs}")
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => describe_shutdown(&regs, &sregs),
+            (Err(e), _) | (_, Err(e)) => format!("registers unreadable: {e}"),
+        }
     }
+}
+
+/// The x86 reset vector: CS selector 0xf000, IP 0xfff0.
+const RESET_CS: u16 = 0xf000;
+const RESET_RIP: u64 = 0xfff0;
+
+/// Describes the registers KVM holds after a shutdown exit. On AMD SVM
+/// (the emulated KVM host's) KVM has already put the vCPU through INIT by
+/// then, because the VMCB is undefined after a shutdown intercept: its
+/// registers are the reset state and say nothing about the fault.
+fn describe_shutdown(r: &kvm_bindings::kvm_regs, s: &kvm_bindings::kvm_sregs) -> String {
+    if r.rip == RESET_RIP && s.cs.selector == RESET_CS {
+        return "no registers to show: KVM reset the vCPU before reporting the shutdown, \
+                as it does on AMD; the console's last lines are the only trace"
+            .to_owned();
+    }
+    format!(
+        "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x}; cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} \
+         cr4 {:#x} efer {:#x} idt {:#x}+{:#x} gdt {:#x}+{:#x} tr {:#x}",
+        r.rip,
+        r.rsp,
+        r.rflags,
+        r.rax,
+        s.cs.selector,
+        s.cr0,
+        s.cr2,
+        s.cr3,
+        s.cr4,
+        s.efer,
+        s.idt.base,
+        s.idt.limit,
+        s.gdt.base,
+        s.gdt.limit,
+        s.tr.base
+    )
 }
 
 /// Sets the delivery mode (bits 8-10) of a local vector table register.
@@ -205,6 +217,24 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shutdown_in_the_reset_state_shows_no_registers() {
+        let mut regs = kvm_bindings::kvm_regs {
+            rip: RESET_RIP,
+            ..Default::default()
+        };
+        let mut sregs = kvm_bindings::kvm_sregs::default();
+        sregs.cs.selector = RESET_CS;
+        assert!(describe_shutdown(&regs, &sregs).starts_with("no registers to show"));
+
+        regs.rip = 0xffff_ffff_8100_1234;
+        sregs.cs.selector = 0x10;
+        sregs.cr3 = 0x9000;
+        let text = describe_shutdown(&regs, &sregs);
+        assert!(text.contains("rip 0xffffffff81001234"), "{text}");
+        assert!(text.contains("cr3 0x9000"), "{text}");
+    }
 
     #[test]
     fn lvt_mode_replaces_only_the_delivery_mode() {
