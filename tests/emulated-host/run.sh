@@ -5,7 +5,7 @@
 # README.md beside this script).
 #
 #   run.sh [--cpus N] [--memory-mib M] [--timeout S] [--stall S] [--share DIR]...
-#          [--vfio-edu] -- COMMAND [ARGS...]
+#          [--vfio-edu] [--qemu PATH] [--tcg multi|single] -- COMMAND [ARGS...]
 #
 # The command sees this machine's root, read-only underneath and writable
 # through a tmpfs overlay that is thrown away; it runs as root with the
@@ -13,6 +13,9 @@
 # caller's; run.sh exits with its exit status. 124: timed out or stalled. 125: the
 # emulated host itself failed (boot, missing cwd, bad usage).
 set -euo pipefail
+# Read whole before it runs: bash reads a script as it goes, so an edit
+# to this file would otherwise reach a run in progress.
+{
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -24,6 +27,8 @@ timeout_s=1800
 stall_s=0
 vfio_edu=false
 shares=()
+qemu=${KATA_RS_EMULATED_HOST_QEMU:-}
+tcg=${KATA_RS_EMULATED_HOST_TCG:-multi}
 
 usage() {
     cat >&2 <<EOF
@@ -38,6 +43,15 @@ usage: $0 [options] -- COMMAND [ARGS...]
                    path (repeatable); everything else written inside is lost
   --vfio-edu       add QEMU's intel-iommu and edu PCI device (1234:11e8) for
                    VFIO passthrough tests, with intel_iommu=on
+  --qemu PATH      the qemu-system-x86_64 to run (default
+                   \$KATA_RS_EMULATED_HOST_QEMU, else the one build-qemu.sh
+                   builds once and caches: QEMU 10.0.2 with its interrupt
+                   race fixed); one in a private prefix (PREFIX/usr/bin)
+                   takes its firmware from PREFIX/usr/share/qemu and its
+                   modules from PREFIX/usr/lib/x86_64-linux-gnu/qemu
+  --tcg MODE       multi: a host thread per vCPU (default, or
+                   \$KATA_RS_EMULATED_HOST_TCG); single: all vCPUs take
+                   turns on one thread
 EOF
     exit 125
 }
@@ -63,12 +77,18 @@ while [ $# -gt 0 ]; do
             shares+=("$(cd "$2" && pwd -P)")
             shift 2 ;;
         --vfio-edu) vfio_edu=true; shift ;;
+        --qemu) [ $# -ge 2 ] || usage; qemu=$2; shift 2 ;;
+        --tcg) [ $# -ge 2 ] || usage; tcg=$2; shift 2 ;;
         --) shift; break ;;
         -h|--help) usage ;;
         *) echo "$prog: unknown option $1" >&2; usage ;;
     esac
 done
 [ $# -ge 1 ] || usage
+case $tcg in
+    multi|single) ;;
+    *) die "--tcg takes multi or single, not '$tcg'" ;;
+esac
 # /tmp, /var/tmp and /run are fresh inside; a checkout under them (a CI
 # clone in /tmp, say) is shared in, so it stays at the same path.
 repo_real=$(cd "$repo" && pwd -P)
@@ -78,9 +98,28 @@ esac
 # env(1) would take a first word containing '=' for another variable.
 [[ $1 != *=* ]] || die "the command name '$1' contains '=', which env(1) inside cannot run; use ./$1 or a path"
 
-for tool in qemu-system-x86_64 busybox timeout flock; do
+for tool in busybox timeout flock; do
     command -v "$tool" >/dev/null || die "$tool is not installed (needed for the emulated host)"
 done
+# The default emulated host is the QEMU build-qemu.sh makes: the plain
+# 7.2 and 10.0 lose interrupts under multi-threaded TCG (see
+# qemu-interrupt-request.patch and docs/emulated-host-soak.md).
+if [ -z "$qemu" ]; then
+    qemu=$("$here/build-qemu.sh") || die "building the emulated host's QEMU failed (see the messages above)"
+fi
+qemu_bin=$(command -v "$qemu") || die "$qemu is not installed (needed for the emulated host)"
+qemu_version=$("$qemu_bin" --version 2>/dev/null | head -n 1) || die "$qemu_bin --version failed"
+# A QEMU unpacked from a .deb into a private prefix: its own option ROMs
+# first (the system's are for another version), then its compiled-in
+# firmware path (SeaBIOS); its own modules, never another version's.
+qemu_prefix=$(cd "$(dirname "$qemu_bin")/../.." && pwd)
+qemu_extra=()
+if [ "$qemu_prefix" != / ] && [ -d "$qemu_prefix/usr/share/qemu" ]; then
+    qemu_extra+=(-L "$qemu_prefix/usr/share/qemu")
+    if [ -d "$qemu_prefix/usr/lib/x86_64-linux-gnu/qemu" ]; then
+        export QEMU_MODULE_DIR=$qemu_prefix/usr/lib/x86_64-linux-gnu/qemu
+    fi
+fi
 # The kernel command line cannot carry a path with blanks to init=.
 [[ $here != *[[:space:]]* ]] || die "the checkout path '$here' contains blanks; the kernel's init= cannot name it"
 
@@ -172,10 +211,12 @@ qemu_path() { printf '%s' "${1//,/,,}"; }
 p9=local,security_model=none,multidevs=remap
 # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
 qemu_args=(
-    -M q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory_mib"
+    "${qemu_extra[@]}"
+    -M q35 -accel "tcg,thread=$tcg" -cpu max -smp "$cpus" -m "$memory_mib"
     -nodefaults -no-user-config -display none -no-reboot
     -kernel "$kernel_dir/vmlinux"
     -serial "file:$run_dir/console.log"
+    -monitor "unix:$run_dir/monitor.sock,server=on,wait=off"
 )
 # intel-iommu has to come before the PCI devices it translates for.
 if $vfio_edu; then
@@ -218,7 +259,7 @@ relay_pids+=($!)
 started=$SECONDS
 timeout_args=(-k 5 "$timeout_s")
 [ "$timeout_s" -gt 0 ] || timeout_args=(0)
-timeout "${timeout_args[@]}" qemu-system-x86_64 "${qemu_args[@]}" -append "$cmdline" \
+timeout "${timeout_args[@]}" "$qemu_bin" "${qemu_args[@]}" -append "$cmdline" \
     </dev/null 2>"$run_dir/qemu.log" &
 qemu_pid=$!
 # A hung emulated host (see README.md) writes nothing more; cutting it short
@@ -237,6 +278,11 @@ if [ "$stall_s" -gt 0 ]; then
             fi
             if [ "$quiet" -ge "$stall_s" ]; then
                 : >"$run_dir/stalled"
+                # Where each vCPU is, in the emulated host's kernel or a
+                # guest's ($KATA_RS_TEST_KERNEL), for the report below.
+                timeout 30 python3 "$here/cpu-state.py" "$run_dir/monitor.sock" \
+                    "$kernel_dir/vmlinux" ${KATA_RS_TEST_KERNEL:+"$KATA_RS_TEST_KERNEL"} \
+                    >"$run_dir/cpu-state" 2>&1 || true
                 kill -TERM "$qemu_pid"
                 exit 0
             fi
@@ -257,10 +303,14 @@ if [ -f "$job/status" ]; then
 fi
 if [ -f "$run_dir/stalled" ]; then
     {
-        echo "$prog: the command wrote nothing for $stall_s s; QEMU was killed (raise --stall if the command is quiet for longer)"
+        echo "$prog: the command wrote nothing for $stall_s s; QEMU was killed (raise --stall if the command is quiet for longer; $qemu_version)"
         if [ -s "$run_dir/console.log" ]; then
             echo "--- last lines of the emulated host's console:"
             tail -n 40 "$run_dir/console.log"
+        fi
+        if [ -s "$run_dir/cpu-state" ]; then
+            echo "--- the emulated host's vCPUs when it was stopped (tests/emulated-host/cpu-state.py):"
+            cat "$run_dir/cpu-state"
         fi
     } >&2
     exit 124
@@ -271,7 +321,7 @@ if [ "$timeout_s" -gt 0 ] && { [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -e
     exit 124
 fi
 {
-    echo "$prog: the emulated host stopped without reporting the command's exit status (QEMU exit status $qemu_status): it failed to boot or crashed"
+    echo "$prog: the emulated host stopped without reporting the command's exit status (QEMU exit status $qemu_status): it failed to boot or crashed ($qemu_version)"
     if [ -s "$run_dir/qemu.log" ]; then
         echo "--- QEMU said:"
         cat "$run_dir/qemu.log"
@@ -282,3 +332,4 @@ fi
     fi
 } >&2
 exit 125
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Where the emulated host's vCPUs are, for the report of a wedged run.
+
+    cpu-state.py MONITOR_SOCKET [VMLINUX...]
+
+Asks QEMU's human monitor for every vCPU's registers three times, a second
+apart, and prints one line per vCPU and sample: RIP, privilege level,
+halted, interrupt flag, and the kernel symbol RIP falls in for each VMLINUX
+given (the emulated host's and the guest's: a vCPU that is running a nested
+guest shows the guest's registers). A RIP that does not move between
+samples while the vCPU is not halted is a vCPU spinning in one place.
+"""
+
+import bisect
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+
+def monitor(path, command):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if b"(qemu)" in b"".join(chunks).split(command.encode(), 1)[-1]:
+                break
+        return b"".join(chunks).decode(errors="replace")
+
+
+def symbols(vmlinux):
+    try:
+        out = subprocess.run(["nm", "-n", vmlinux], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    addrs, names = [], []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            addrs.append(int(parts[0], 16))
+            names.append(parts[2])
+    return addrs, names
+
+
+def lookup(table, rip):
+    addrs, names = table
+    i = bisect.bisect_right(addrs, rip) - 1
+    if i < 0 or rip - addrs[i] > 0x100000:
+        return "?"
+    return f"{names[i]}+{rip - addrs[i]:#x}"
+
+
+def main():
+    sock = sys.argv[1]
+    tables = [(v, symbols(v)) for v in sys.argv[2:]]
+    for sample in range(3):
+        if sample:
+            time.sleep(1)
+        text = monitor(sock, "info registers -a")
+        for block in re.split(r"\n(?=CPU#\d+)", text):
+            cpu = re.search(r"CPU#(\d+)", block)
+            rip = re.search(r"RIP=([0-9a-f]+)", block)
+            if not cpu or not rip:
+                continue
+            value = int(rip.group(1), 16)
+            cpl = re.search(r"CPL=(\d)", block)
+            hlt = re.search(r"HLT=(\d)", block)
+            eflags = re.search(r"RFL=([0-9a-f]+)", block)
+            flag_if = (int(eflags.group(1), 16) >> 9) & 1 if eflags else "?"
+            where = "; ".join(
+                f"{os.path.basename(os.path.dirname(name))}: {lookup(table, value)}"
+                for name, table in tables
+                if table
+            )
+            print(
+                f"sample {sample} CPU#{cpu.group(1)} RIP={value:#x} "
+                f"CPL={cpl.group(1) if cpl else '?'} HLT={hlt.group(1) if hlt else '?'} "
+                f"IF={flag_if} {where}"
+            )
+
+
+if __name__ == "__main__":
+    main()
