@@ -103,13 +103,7 @@ build_guest_kernel
 build_initrd
 build_probe_initrd
 cargo build --workspace --locked
-# The emulated host's own QEMU (tests/emulated-host/build-qemu.sh), built
-# once and cached, where the VM tests run inside it.
-if [ "$(kvm_mode)" != hardware ] && [ -z "${KATA_RS_EMULATED_HOST_QEMU:-}" ]; then
-    KATA_RS_EMULATED_HOST_QEMU=$("$repo_root/tests/emulated-host/build-qemu.sh")
-    export KATA_RS_EMULATED_HOST_QEMU
-fi
-step_done "build (kernels, initrds, binaries, emulated host's QEMU)" "$started" -
+step_done "build (kernels, initrds, binaries)" "$started" -
 export KATA_RS_TEST_VMM=$repo_root/target/debug/kata-rs-vmm
 export KATA_RS_TEST_KERNEL=$KATA_RS_KERNEL_DIR/vmlinux
 export KATA_RS_TEST_BZIMAGE=$KATA_RS_KERNEL_DIR/bzImage
@@ -180,7 +174,8 @@ run_step "containerd shim v2 and CRI, kata-rs handler, namespace isolation" env 
 
 echo "=== KVM on this host: $mode"
 if [ "$mode" != hardware ]; then
-    echo "=== emulated KVM host: $KATA_RS_EMULATED_HOST_QEMU: $("$KATA_RS_EMULATED_HOST_QEMU" --version | head -n 1)"
+    emulated_host_qemu=${KATA_RS_EMULATED_HOST_QEMU:-qemu-system-x86_64}
+    echo "=== emulated KVM host: $(command -v "$emulated_host_qemu"): $("$emulated_host_qemu" --version | head -n 1)"
 fi
 if [ "$mode" != hardware ]; then
     run_step "emulated KVM host self-test" "$repo_root/tests/emulated-host/selftest.sh"

@@ -27,7 +27,7 @@ timeout_s=1800
 stall_s=0
 vfio_edu=false
 shares=()
-qemu=${KATA_RS_EMULATED_HOST_QEMU:-}
+qemu=${KATA_RS_EMULATED_HOST_QEMU:-qemu-system-x86_64}
 tcg=${KATA_RS_EMULATED_HOST_TCG:-multi}
 
 usage() {
@@ -44,11 +44,10 @@ usage: $0 [options] -- COMMAND [ARGS...]
   --vfio-edu       add QEMU's intel-iommu and edu PCI device (1234:11e8) for
                    VFIO passthrough tests, with intel_iommu=on
   --qemu PATH      the qemu-system-x86_64 to run (default
-                   \$KATA_RS_EMULATED_HOST_QEMU, else the one build-qemu.sh
-                   builds once and caches: QEMU 10.0.2 with its interrupt
-                   race fixed); one in a private prefix (PREFIX/usr/bin)
-                   takes its firmware from PREFIX/usr/share/qemu and its
-                   modules from PREFIX/usr/lib/x86_64-linux-gnu/qemu
+                   \$KATA_RS_EMULATED_HOST_QEMU, else the one in PATH); one
+                   in a private prefix (PREFIX/usr/bin) takes its firmware
+                   from PREFIX/usr/share/qemu and its modules from
+                   PREFIX/usr/lib/x86_64-linux-gnu/qemu
   --tcg MODE       multi: a host thread per vCPU (default, or
                    \$KATA_RS_EMULATED_HOST_TCG); single: all vCPUs take
                    turns on one thread
@@ -101,12 +100,6 @@ esac
 for tool in busybox timeout flock; do
     command -v "$tool" >/dev/null || die "$tool is not installed (needed for the emulated host)"
 done
-# The default emulated host is the QEMU build-qemu.sh makes: the plain
-# 7.2 and 10.0 lose interrupts under multi-threaded TCG (see
-# qemu-interrupt-request.patch and docs/emulated-host-soak.md).
-if [ -z "$qemu" ]; then
-    qemu=$("$here/build-qemu.sh") || die "building the emulated host's QEMU failed (see the messages above)"
-fi
 qemu_bin=$(command -v "$qemu") || die "$qemu is not installed (needed for the emulated host)"
 qemu_version=$("$qemu_bin" --version 2>/dev/null | head -n 1) || die "$qemu_bin --version failed"
 # A QEMU unpacked from a .deb into a private prefix: its own option ROMs

@@ -206,7 +206,7 @@ fi
 
 # --- outside: prepare, drive the emulated host, summarise ----------------------
 
-qemu=${KATA_RS_EMULATED_HOST_QEMU:-}
+qemu=${KATA_RS_EMULATED_HOST_QEMU:-qemu-system-x86_64}
 tcg=multi
 cpus=2
 out=
@@ -241,8 +241,6 @@ while [ $# -gt 0 ]; do
         *) echo "$prog: unknown option $1" >&2; usage ;;
     esac
 done
-# run.sh's default: the QEMU build-qemu.sh makes.
-[ -n "$qemu" ] || qemu=$("$here/build-qemu.sh")
 qemu_version=$("$qemu" --version 2>/dev/null | head -n 1) \
     || die "$qemu does not run (--qemu names a qemu-system-x86_64)"
 qemu_version="$qemu_version, TCG $tcg-threaded, $cpus vCPUs"
