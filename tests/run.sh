@@ -232,7 +232,7 @@ run_vm_step "containerd CRI, kata-rs handler ($mode KVM)" \
 # failure itself. A test that could not run prints one "SKIP: reason" line
 # (alone, or after libtest's "test NAME ... " when it runs one at a time)
 # and returns, which libtest reports as passed: it counts as skipped instead.
-python3 - "$logdir" <<'PY'
+python3 - "$logdir" "$SECONDS" <<'PY'
 import pathlib, re, sys
 passed = failed = skipped = 0
 logdir = pathlib.Path(sys.argv[1])
@@ -242,7 +242,7 @@ for line in (logdir / "steps").read_text().splitlines():
     name, secs, attempts = line.split("\t")
     total += int(secs)
     print(f"{int(secs):6d} s  {attempts:>2}  {name}")
-print(f"{total:6d} s      in all")
+print(f"{total:6d} s      in the steps, of {int(sys.argv[2])} s in all")
 failed_steps = set()
 marker = logdir / "step-failures"
 if marker.exists():

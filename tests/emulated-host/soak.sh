@@ -7,6 +7,7 @@
 #
 #   soak.sh [--qemu PATH] [--tcg multi|single] [--cpus N] [--out DIR]
 #           [--phases LIST] [--boots N] [--runs N] [--pairs N]
+#           [--guest-params PARAMS]
 #
 # Phases (LIST: comma-separated, in this order by default):
 #   vmm-boot          kata-rs-vmm boots the guest kernel with a busybox
@@ -19,7 +20,8 @@
 #   run               `kata-rs run --isolation=vm` of busybox, one at a time
 #   pair              two such runs at once (each counted)
 # --boots N iterations of each boot phase, --runs N runs, --pairs N pairs;
-# defaults 50, 50, 25.
+# defaults 50, 50, 25. --guest-params replaces the guests' extra kernel
+# parameters (default: lapic=notscdeadline, as the tests use).
 #
 # Runs inside: inner mode, `soak.sh --inner OUT`, reads OUT/plan and appends
 # to OUT/results (phase, index, outcome, seconds) so that an emulated host
@@ -36,7 +38,8 @@ prog=soak
 boot_timeout=150
 run_timeout=300
 marker=SOAK-GUEST-REACHED-INIT
-# Nested under TCG the TSC-deadline timer fires late (README.md beside this file).
+# Nested under TCG the TSC-deadline timer fires late (README.md beside this
+# file). The inner loop reads the value the outer one chose from OUT.
 guest_params="lapic=notscdeadline"
 
 # --- inside the emulated host ------------------------------------------------
@@ -126,7 +129,7 @@ iteration() {
                 -cpu host,-tsc-deadline -nographic -no-reboot -nodefaults \
                 -serial "file:$work/console.log" "${dev_args[@]}" \
                 -kernel "$out/bzImage" -initrd "$out/boot-initrd.cpio" \
-                -append "console=ttyS0 reboot=t panic=1 rdinit=/init" \
+                -append "console=ttyS0 reboot=t panic=1 rdinit=/init $guest_params" \
                 </dev/null >/dev/null 2>"$work/stderr.log" || rc=$?
             [ "$phase" = qemu-boot ] || stop_virtiofsd
             outcome=$(classify_qemu "$rc" "$work/console.log") ;;
@@ -167,6 +170,7 @@ container_run() {
 
 inner() {
     out=$1
+    guest_params=$(cat "$out/guest-params")
     export KATA_RS_CONFIG=$out/config.toml
     export PATH=$out/bin:$PATH
     echo "$prog: inside the emulated host, $(nproc) CPUs, $(uname -r)"
@@ -237,13 +241,14 @@ while [ $# -gt 0 ]; do
         --boots) [ $# -ge 2 ] || usage; boots=$(count "$1" "$2"); shift 2 ;;
         --runs) [ $# -ge 2 ] || usage; runs=$(count "$1" "$2"); shift 2 ;;
         --pairs) [ $# -ge 2 ] || usage; pairs=$(count "$1" "$2"); shift 2 ;;
+        --guest-params) [ $# -ge 2 ] || usage; guest_params=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "$prog: unknown option $1" >&2; usage ;;
     esac
 done
 qemu_version=$("$qemu" --version 2>/dev/null | head -n 1) \
     || die "$qemu does not run (--qemu names a qemu-system-x86_64)"
-qemu_version="$qemu_version, TCG $tcg-threaded, $cpus vCPUs"
+qemu_version="$qemu_version, TCG $tcg-threaded, $cpus vCPUs, guests with '$guest_params'"
 [ -n "$out" ] || out=$(mktemp -d /var/tmp/kata-rs-soak.XXXXXX)
 mkdir -p "$out/failures" "$out/bin"
 out=$(cd "$out" && pwd -P)
@@ -300,6 +305,7 @@ if [ -e "$out/qemu-version" ] && [ "$(cat "$out/qemu-version")" != "$qemu_versio
     die "$out holds results of $(cat "$out/qemu-version"), not $qemu_version: use another --out"
 fi
 echo "$qemu_version" >"$out/qemu-version"
+echo "$guest_params" >"$out/guest-params"
 for phase in ${phases//,/ }; do
     case $phase in
         vmm-boot|vmm-boot-devices|qemu-boot|qemu-boot-devices) n=$boots ;;
