@@ -35,7 +35,10 @@ def monitor(path, command):
             if not data:
                 break
             chunks.append(data)
-            if b"(qemu)" in b"".join(chunks).split(command.encode(), 1)[-1]:
+            # The greeting ends in a prompt too: the answer is complete
+            # at the prompt that follows the command's echo.
+            parts = b"".join(chunks).split(command.encode(), 1)
+            if len(parts) == 2 and b"(qemu)" in parts[1]:
                 break
         return b"".join(chunks).decode(errors="replace")
 
