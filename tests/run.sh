@@ -190,8 +190,8 @@ for line in sys.stdin:
         print(m["executable"])' "$1"
 }
 vm_tests=$(test_binary vm)
-# One at a time: the emulated host has two CPUs, and each guest keeps both
-# busy while it boots.
+# One at a time: the emulated host has two CPUs for guests, and each guest
+# keeps both busy while it boots.
 run_vm_step "VM tests ($mode KVM)" run_with_kvm --timeout "$VM_STEP_TIMEOUT" --stall "$VM_STEP_STALL" -- "$vm_tests" --ignored --test-threads=1
 
 # The OCI command-line tests again, each container in its own microVM.
@@ -264,4 +264,6 @@ for log in sorted(logdir.glob("*.log"), key=lambda p: int(p.stem)):
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 sys.exit(1 if failed else 0)
 PY
+# Never read past the block: the file may have changed under us.
+exit
 }

@@ -91,6 +91,9 @@ stderr_dev=$(port_device emuhost.stderr)
 mapfile -d '' argv < "$job/argv"
 mapfile -d '' environment < "$job/env"
 IFS= read -r -d '' cwd < "$job/cwd" || true
+# The CPUs the command may use (run.sh keeps CPU 0 free of guests); the
+# kernel keeps a mask set this way through later cpuset changes.
+read -r cpus < "$job/cpus"
 
 trap - ERR
 set +e
@@ -99,7 +102,9 @@ set +e
         echo "emulated-host: the working directory $cwd does not exist in the emulated host (/tmp, /run and /var/tmp are empty there; pass --share DIR to make a host directory visible)" >&2
         exit 125
     }
-    exec env -i "${environment[@]}" "${argv[@]}"
+    # busybox would run its own env (and through it its own sh, date...):
+    # the command gets this machine's env by its path.
+    exec busybox taskset -c "$cpus" "$(type -P env)" -i "${environment[@]}" "${argv[@]}"
 ) </dev/null >"$stdout_dev" 2>"$stderr_dev"
 status=$?
 echo "$status" > "$job/status"

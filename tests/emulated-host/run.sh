@@ -5,7 +5,8 @@
 # README.md beside this script).
 #
 #   run.sh [--cpus N] [--memory-mib M] [--timeout S] [--stall S] [--share DIR]...
-#          [--vfio-edu] [--qemu PATH] [--tcg multi|single] -- COMMAND [ARGS...]
+#          [--vfio-edu] [--qemu PATH] [--tcg multi|single] [--host-params P]
+#          [--allow-cpu0] -- COMMAND [ARGS...]
 #
 # The command sees this machine's root, read-only underneath and writable
 # through a tmpfs overlay that is thrown away; it runs as root with the
@@ -29,11 +30,14 @@ vfio_edu=false
 shares=()
 qemu=${KATA_RS_EMULATED_HOST_QEMU:-qemu-system-x86_64}
 tcg=${KATA_RS_EMULATED_HOST_TCG:-multi}
+host_params=${KATA_RS_EMULATED_HOST_PARAMS:-}
+first_cpu=1
 
 usage() {
     cat >&2 <<EOF
 usage: $0 [options] -- COMMAND [ARGS...]
-  --cpus N         vCPUs of the emulated host (default $cpus)
+  --cpus N         vCPUs of the emulated host for the command (default
+                   $cpus); one more, CPU 0, runs no guests (README.md)
   --memory-mib M   its memory in MiB (default $memory_mib)
   --timeout S      kill it after S seconds, boot included, and exit 124
                    (default $timeout_s; 0 means never)
@@ -51,6 +55,10 @@ usage: $0 [options] -- COMMAND [ARGS...]
   --tcg MODE       multi: a host thread per vCPU (default, or
                    \$KATA_RS_EMULATED_HOST_TCG); single: all vCPUs take
                    turns on one thread
+  --host-params P  more kernel parameters for the emulated host (default
+                   \$KATA_RS_EMULATED_HOST_PARAMS)
+  --allow-cpu0     let the command (and its guests) run on CPU 0 too: the
+                   reproducer of QEMU's race (README.md), not for tests
 EOF
     exit 125
 }
@@ -61,7 +69,7 @@ die() {
 }
 
 positive_int() {
-    [[ $2 =~ ^[0-9]+$ ]] || die "$1 needs a number, got '$2'"
+    [[ $2 =~ ^(0|[1-9][0-9]*)$ ]] || die "$1 needs a number, got '$2'"
 }
 
 while [ $# -gt 0 ]; do
@@ -78,12 +86,15 @@ while [ $# -gt 0 ]; do
         --vfio-edu) vfio_edu=true; shift ;;
         --qemu) [ $# -ge 2 ] || usage; qemu=$2; shift 2 ;;
         --tcg) [ $# -ge 2 ] || usage; tcg=$2; shift 2 ;;
+        --host-params) [ $# -ge 2 ] || usage; host_params=$2; shift 2 ;;
+        --allow-cpu0) first_cpu=0; shift ;;
         --) shift; break ;;
         -h|--help) usage ;;
         *) echo "$prog: unknown option $1" >&2; usage ;;
     esac
 done
 [ $# -ge 1 ] || usage
+[ "$cpus" -ge 1 ] || die "--cpus needs at least 1"
 case $tcg in
     multi|single) ;;
     *) die "--tcg takes multi or single, not '$tcg'" ;;
@@ -192,6 +203,13 @@ trap 'exit 129' HUP
 printf '%s\0' "$@" > "$job/argv"
 env -u PWD -u OLDPWD -u SHLVL -u _ -0 > "$job/env"
 printf '%s\0' "$PWD" > "$job/cwd"
+# QEMU's TCG clears a flag in its first vCPU's state from whichever vCPU
+# thread restores x87 state, with a plain read-modify-write: when that
+# first vCPU is entering or leaving a nested guest, the write undoes its
+# change of GIF or nested paging, and the guest or the emulated host breaks
+# (README.md, "Known issues"). So CPU 0 is an extra vCPU on which the
+# command, and every guest it starts, never runs.
+echo "$first_cpu-$cpus" > "$job/cpus"
 if [ ${#shares[@]} -gt 0 ]; then
     printf '%s\0' "${shares[@]}" > "$job/shares"
 else
@@ -205,7 +223,7 @@ p9=local,security_model=none,multidevs=remap
 # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
 qemu_args=(
     "${qemu_extra[@]}"
-    -M q35 -accel "tcg,thread=$tcg" -cpu max -smp "$cpus" -m "$memory_mib"
+    -M q35 -accel "tcg,thread=$tcg" -cpu max -smp $((cpus + 1)) -m "$memory_mib"
     -nodefaults -no-user-config -display none -no-reboot
     -kernel "$kernel_dir/vmlinux"
     -serial "file:$run_dir/console.log"
@@ -238,6 +256,7 @@ cmdline+=" init=$here/guest-init.sh"
 if $vfio_edu; then
     cmdline+=" intel_iommu=on"
 fi
+cmdline+=${host_params:+ $host_params}
 
 # Output is streamed through FIFOs that QEMU writes as files: relays start
 # first because QEMU's open blocks until a reader is there. Each relay also

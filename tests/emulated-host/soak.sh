@@ -7,7 +7,7 @@
 #
 #   soak.sh [--qemu PATH] [--tcg multi|single] [--cpus N] [--out DIR]
 #           [--phases LIST] [--boots N] [--runs N] [--pairs N]
-#           [--guest-params PARAMS]
+#           [--guest-params PARAMS] [--host-params PARAMS] [--allow-cpu0]
 #
 # Phases (LIST: comma-separated, in this order by default):
 #   vmm-boot          kata-rs-vmm boots the guest kernel with a busybox
@@ -17,11 +17,16 @@
 #   qemu-boot         QEMU -M microvm, the same kernel (bzImage) and initrd
 #   qemu-boot-devices the same with virtio-fs (vhost-user-fs, memfd RAM) and
 #                     virtio-vsock (the emulated host's vhost-vsock)
+#   vmm-boot-pair     two vmm-boot-devices boots at once (each counted)
+#   qemu-boot-pair    two qemu-boot-devices boots at once (each counted)
 #   run               `kata-rs run --isolation=vm` of busybox, one at a time
 #   pair              two such runs at once (each counted)
-# --boots N iterations of each boot phase, --runs N runs, --pairs N pairs;
-# defaults 50, 50, 25. --guest-params replaces the guests' extra kernel
-# parameters (default: lapic=notscdeadline, as the tests use).
+# --boots N iterations of each boot phase, --runs N runs, --pairs N pairs
+# (of boots and of runs); defaults 50, 50, 25; the boot pairs are not in
+# the default list. --guest-params replaces the guests' extra kernel
+# parameters (default: lapic=notscdeadline, as the tests use);
+# --host-params adds kernel parameters to the emulated host's;
+# --allow-cpu0 lets guests run on CPU 0, which reproduces QEMU's race.
 #
 # Runs inside: inner mode, `soak.sh --inner OUT`, reads OUT/plan and appends
 # to OUT/results (phase, index, outcome, seconds) so that an emulated host
@@ -97,42 +102,61 @@ stop_virtiofsd() {
     wait "$virtiofsd_pid" 2>/dev/null || true
 }
 
-# One iteration: sets $outcome, leaves the logs in $work.
-iteration() {
-    local phase=$1 i=$2 rc=0
-    work=$(mktemp -d /tmp/soak.XXXXXX)
-    case $phase in
-        vmm-boot|vmm-boot-devices)
-            local dev_args=()
-            if [ "$phase" = vmm-boot-devices ]; then
-                start_virtiofsd "$work/fs.sock" "$work/share"
-                dev_args=(--vsock-uds "$work/vsock.sock" --fs "soak=$work/fs.sock")
-            fi
+# One boot of the guest kernel with the busybox initrd, logs in DIR,
+# outcome in DIR/outcome. VMM: vmm (kata-rs-vmm) or qemu (QEMU microvm);
+# DEVICES: yes or no; CID: the vsock context ID of a QEMU guest (two at once
+# need their own; kata-rs-vmm's vsock is a Unix socket).
+boot_guest() {
+    local vmm=$1 devices=$2 dir=$3 cid=$4 rc=0 dev_args=()
+    [ "$devices" = no ] || start_virtiofsd "$dir/fs.sock" "$dir/share"
+    case $vmm in
+        vmm)
+            [ "$devices" = no ] || dev_args=(--vsock-uds "$dir/vsock.sock" --fs "soak=$dir/fs.sock")
             timeout -k 5 "$boot_timeout" "$out/bin/kata-rs-vmm" --kernel "$out/vmlinux" \
                 --initrd "$out/boot-initrd.cpio" --cmdline-append "$guest_params" \
-                --console "$work/console.log" "${dev_args[@]}" \
-                >/dev/null 2>"$work/stderr.log" || rc=$?
-            [ "$phase" = vmm-boot ] || stop_virtiofsd
-            outcome=$(classify "$rc" "$work/console.log" "$work/stderr.log") ;;
-        qemu-boot|qemu-boot-devices)
-            local dev_args=(-m 256)
-            if [ "$phase" = qemu-boot-devices ]; then
-                start_virtiofsd "$work/fs.sock" "$work/share"
-                # shellcheck disable=SC2054  # QEMU's option syntax
-                dev_args=(-m 256 -object memory-backend-memfd,id=mem,size=256M,share=on
-                          -numa node,memdev=mem
-                          -chardev "socket,id=fs,path=$work/fs.sock"
-                          -device vhost-user-fs-device,chardev=fs,tag=soak
-                          -device vhost-vsock-device,guest-cid=3)
-            fi
+                --console "$dir/console.log" "${dev_args[@]}" \
+                >/dev/null 2>"$dir/stderr.log" || rc=$?
+            [ "$devices" = no ] || stop_virtiofsd
+            classify "$rc" "$dir/console.log" "$dir/stderr.log" >"$dir/outcome" ;;
+        qemu)
+            dev_args=(-m 256)
+            # shellcheck disable=SC2054  # QEMU's option syntax
+            [ "$devices" = no ] || dev_args=(-m 256 -object memory-backend-memfd,id=mem,size=256M,share=on
+                                             -numa node,memdev=mem
+                                             -chardev "socket,id=fs,path=$dir/fs.sock"
+                                             -device vhost-user-fs-device,chardev=fs,tag=soak
+                                             -device "vhost-vsock-device,guest-cid=$cid")
             timeout -k 5 "$boot_timeout" qemu-system-x86_64 -M microvm -enable-kvm \
                 -cpu host,-tsc-deadline -nographic -no-reboot -nodefaults \
-                -serial "file:$work/console.log" "${dev_args[@]}" \
+                -serial "file:$dir/console.log" "${dev_args[@]}" \
                 -kernel "$out/bzImage" -initrd "$out/boot-initrd.cpio" \
                 -append "console=ttyS0 reboot=t panic=1 rdinit=/init $guest_params" \
-                </dev/null >/dev/null 2>"$work/stderr.log" || rc=$?
-            [ "$phase" = qemu-boot ] || stop_virtiofsd
-            outcome=$(classify_qemu "$rc" "$work/console.log") ;;
+                </dev/null >/dev/null 2>"$dir/stderr.log" || rc=$?
+            [ "$devices" = no ] || stop_virtiofsd
+            classify_qemu "$rc" "$dir/console.log" >"$dir/outcome" ;;
+    esac
+}
+
+# One iteration: sets $outcome, leaves the logs in $work.
+iteration() {
+    local phase=$1 i=$2
+    work=$(mktemp -d /tmp/soak.XXXXXX)
+    case $phase in
+        vmm-boot|qemu-boot)
+            boot_guest "${phase%-boot}" no "$work" 3
+            outcome=$(cat "$work/outcome") ;;
+        vmm-boot-devices|qemu-boot-devices)
+            boot_guest "${phase%-boot-devices}" yes "$work" 3
+            outcome=$(cat "$work/outcome") ;;
+        vmm-boot-pair|qemu-boot-pair)
+            mkdir "$work/a" "$work/b"
+            boot_guest "${phase%-boot-pair}" yes "$work/a" 3 &
+            local a=$!
+            boot_guest "${phase%-boot-pair}" yes "$work/b" 4 &
+            wait "$a" || true
+            wait $! || true
+            # A boot that could not even start (virtiofsd) left no outcome.
+            outcome="$(cat "$work/a/outcome" 2>/dev/null || echo fail) $(cat "$work/b/outcome" 2>/dev/null || echo fail)" ;;
         run)
             container_run "soak-$i" "$work" || true
             outcome=$(classify "$(cat "$work/rc")" "$work/stdout.log" "$work/stderr.log") ;;
@@ -217,6 +241,8 @@ phases=vmm-boot,vmm-boot-devices,qemu-boot,qemu-boot-devices,run,pair
 boots=50
 runs=50
 pairs=25
+host_params=
+cpu0_args=()
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
@@ -241,13 +267,15 @@ while [ $# -gt 0 ]; do
         --runs) [ $# -ge 2 ] || usage; runs=$(count "$1" "$2"); shift 2 ;;
         --pairs) [ $# -ge 2 ] || usage; pairs=$(count "$1" "$2"); shift 2 ;;
         --guest-params) [ $# -ge 2 ] || usage; guest_params=$2; shift 2 ;;
+        --host-params) [ $# -ge 2 ] || usage; host_params=$2; shift 2 ;;
+        --allow-cpu0) cpu0_args=(--allow-cpu0); shift ;;
         -h|--help) usage ;;
         *) echo "$prog: unknown option $1" >&2; usage ;;
     esac
 done
 qemu_version=$("$qemu" --version 2>/dev/null | head -n 1) \
     || die "$qemu does not run (--qemu names a qemu-system-x86_64)"
-qemu_version="$qemu_version, TCG $tcg-threaded, $cpus vCPUs, guests with '$guest_params'"
+qemu_version="$qemu_version, TCG $tcg-threaded, $cpus vCPUs for guests and CPU 0${cpu0_args:+ (guests allowed on CPU 0)}${host_params:+ with '$host_params'}, guests with '$guest_params'"
 [ -n "$out" ] || out=$(mktemp -d /var/tmp/kata-rs-soak.XXXXXX)
 mkdir -p "$out/failures" "$out/bin"
 out=$(cd "$out" && pwd -P)
@@ -309,7 +337,7 @@ for phase in ${phases//,/ }; do
     case $phase in
         vmm-boot|vmm-boot-devices|qemu-boot|qemu-boot-devices) n=$boots ;;
         run) n=$runs ;;
-        pair) n=$pairs ;;
+        pair|vmm-boot-pair|qemu-boot-pair) n=$pairs ;;
         *) die "unknown phase '$phase'" ;;
     esac
     for i in $(seq "$n"); do echo "$phase $i"; done
@@ -329,7 +357,7 @@ while [ "$(done_count)" -lt "$planned" ] && [ "$sessions" -lt 20 ]; do
     # The stall bound is above any iteration's own bound, so it only ends an
     # emulated host that stopped making progress (host-wedged).
     KATA_RS_TEST_KERNEL=$out/vmlinux KATA_RS_EMULATED_HOST_QEMU=$qemu "$here/run.sh" \
-        --tcg "$tcg" --cpus "$cpus" --memory-mib 4096 --share "$out" --timeout 0 \
+        --tcg "$tcg" --cpus "$cpus" ${host_params:+--host-params "$host_params"} "${cpu0_args[@]}" --memory-mib 4096 --share "$out" --timeout 0 \
         --stall $((run_timeout + 100)) -- "$out/bin/soak.sh" --inner "$out" \
         2>"$out/emulated-host-$sessions.log" || rc=$?
     if [ -s "$out/in-flight" ]; then
@@ -372,4 +400,6 @@ for phase, c in rows.items():
     med = f"{statistics.median(times[phase]):.1f}" if times[phase] else "-"
     print(f"| {phase} | {sum(c.values())} | " + " | ".join(str(c[k]) for k in kinds) + f" | {med} |")
 PY
+# Never read past the block: the file may have changed under us.
+exit
 }
