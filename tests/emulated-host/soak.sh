@@ -217,6 +217,9 @@ inner() {
                         echo "-- ${f#"$work"/} (last 40 lines)"
                         tail -n 40 "$f"
                     done
+                    # The emulated host's side: clock or KVM complaints.
+                    echo "-- the emulated host's kernel log (last 40 lines)"
+                    busybox dmesg | tail -n 40
                 } >"$out/failures/$phase-$i.log"
             fi
         done
