@@ -98,12 +98,15 @@ export PATH=/usr/local/bin:$PATH
 run_step "rustfmt" cargo fmt --all -- --check
 run_step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 
+mode=$(kvm_mode)
 started=$SECONDS
 build_guest_kernel
 build_initrd
 build_probe_initrd
+# Before the timed VM steps, which would otherwise build it on first use.
+[ "$mode" = hardware ] || build_emulated_host_qemu
 cargo build --workspace --locked
-step_done "build (kernels, initrds, binaries)" "$started" -
+step_done "build (kernels, initrds, QEMU, binaries)" "$started" -
 export KATA_RS_TEST_VMM=$repo_root/target/debug/kata-rs-vmm
 export KATA_RS_TEST_KERNEL=$KATA_RS_KERNEL_DIR/vmlinux
 export KATA_RS_TEST_BZIMAGE=$KATA_RS_KERNEL_DIR/bzImage
@@ -113,7 +116,6 @@ export KATA_RS_TEST_INITRD=$KATA_RS_INITRD
 # agent's PID-1 test needs root, which this script has.
 run_step "unit and host tests" cargo test --workspace --exclude kata-rs-tests --exclude kata-rs-agent --locked
 run_step "agent tests, PID 1 in namespaces included" cargo test -p kata-rs-agent --locked -- --include-ignored
-mode=$(kvm_mode)
 if [ "$mode" != hardware ]; then
     # Nested under TCG, the guests' TSC-deadline timer fires late (see
     # tests/emulated-host/README.md); the LAPIC's own timer does not.
@@ -174,8 +176,7 @@ run_step "containerd shim v2 and CRI, kata-rs handler, namespace isolation" env 
 
 echo "=== KVM on this host: $mode"
 if [ "$mode" != hardware ]; then
-    emulated_host_qemu=${KATA_RS_EMULATED_HOST_QEMU:-qemu-system-x86_64}
-    echo "=== emulated KVM host: $(command -v "$emulated_host_qemu"): $("$emulated_host_qemu" --version | head -n 1)"
+    echo "=== emulated KVM host: $(command -v "$KATA_RS_EMULATED_HOST_QEMU"): $("$KATA_RS_EMULATED_HOST_QEMU" --version | head -n 1)"
 fi
 if [ "$mode" != hardware ]; then
     run_step "emulated KVM host self-test" "$repo_root/tests/emulated-host/selftest.sh"

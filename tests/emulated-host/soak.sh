@@ -26,7 +26,8 @@
 # the default list. --guest-params replaces the guests' extra kernel
 # parameters (default: lapic=notscdeadline, as the tests use);
 # --host-params adds kernel parameters to the emulated host's;
-# --allow-cpu0 lets guests run on CPU 0, which reproduces QEMU's race.
+# --allow-cpu0 lets guests run on CPU 0, which with an unpatched --qemu
+# reproduces QEMU's race on CPU 0.
 #
 # Runs inside: inner mode, `soak.sh --inner OUT`, reads OUT/plan and appends
 # to OUT/results (phase, index, outcome, seconds) so that an emulated host
@@ -236,7 +237,7 @@ fi
 
 # --- outside: prepare, drive the emulated host, summarise ----------------------
 
-qemu=${KATA_RS_EMULATED_HOST_QEMU:-qemu-system-x86_64}
+qemu=${KATA_RS_EMULATED_HOST_QEMU:-}
 tcg=multi
 cpus=2
 out=
@@ -276,6 +277,7 @@ while [ $# -gt 0 ]; do
         *) echo "$prog: unknown option $1" >&2; usage ;;
     esac
 done
+[ -n "$qemu" ] || qemu=$("$here/qemu/build.sh") || die "could not build the emulated host's QEMU"
 qemu_version=$("$qemu" --version 2>/dev/null | head -n 1) \
     || die "$qemu does not run (--qemu names a qemu-system-x86_64)"
 qemu_version="$qemu_version, TCG $tcg-threaded, $cpus vCPUs for guests and CPU 0${cpu0_args:+ (guests allowed on CPU 0)}${host_params:+ with '$host_params'}, guests with '$guest_params'"

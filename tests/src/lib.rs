@@ -204,15 +204,28 @@ impl VmmProcess {
 
     /// The `PROBE ...` lines the guest probe printed, without the prefix.
     pub fn probe_lines(&self) -> Vec<String> {
-        self.console_text()
-            .lines()
-            .filter_map(|l| {
-                l.trim_end_matches('\r')
-                    .split_once("PROBE ")
-                    .map(|(_, r)| r.to_owned())
-            })
-            .collect()
+        probe_lines(&self.console_text())
     }
+}
+
+/// The `PROBE ...` lines of a guest probe's console, without the prefix.
+pub fn probe_lines(console: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter_map(|l| {
+            l.trim_end_matches('\r')
+                .split_once("PROBE ")
+                .map(|(_, r)| r.to_owned())
+        })
+        .collect()
+}
+
+/// The first CPU's flags in a /proc/cpuinfo text, if it has a flags line.
+pub fn cpu_flags(cpuinfo: &str) -> Option<Vec<&str>> {
+    cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("flags")?.split_once(':'))
+        .map(|(_, flags)| flags.split_whitespace().collect())
 }
 
 impl Drop for VmmProcess {

@@ -3,6 +3,7 @@
 //! prints one `PROBE ...` line per result on the console, and resets the VM.
 //!
 //! Driven by the kernel command line:
+//! - `probe.cpu_flags=1`: print the first CPU's flags from /proc/cpuinfo;
 //! - `probe.disk=/dev/vda`: read the first sector, then try to overwrite it;
 //! - `probe.vsock_port=P`: connect to host (CID 2) port P, send a line and
 //!   print the line that comes back;
@@ -31,6 +32,9 @@ fn main() {
             .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
             .map(str::to_owned)
     };
+    if param("probe.cpu_flags").is_some() {
+        probe_cpu_flags();
+    }
     if let Some(disk) = param("probe.disk") {
         probe_disk(&disk);
     }
@@ -47,6 +51,14 @@ fn main() {
     let _ = std::io::stdout().flush();
     nix::unistd::sync();
     let _ = reboot(RebootMode::RB_AUTOBOOT);
+}
+
+fn probe_cpu_flags() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    match kata_rs_tests::cpu_flags(&cpuinfo) {
+        Some(flags) => println!("PROBE cpu-flags {}", flags.join(" ")),
+        None => println!("PROBE cpu-flags error: no flags line in /proc/cpuinfo"),
+    }
 }
 
 fn probe_disk(path: &str) {
