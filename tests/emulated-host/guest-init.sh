@@ -95,6 +95,9 @@ IFS= read -r -d '' cwd < "$job/cwd" || true
 # kernel keeps a mask set this way through later cpuset changes.
 read -r cpus < "$job/cpus"
 
+# From here on a QEMU that dies has cost the command something: run.sh
+# boots again only a host that died before this (README.md).
+: > "$job/started"
 trap - ERR
 set +e
 (

@@ -114,7 +114,9 @@ for tool in busybox timeout flock; do
     command -v "$tool" >/dev/null || die "$tool is not installed (needed for the emulated host)"
 done
 if [ -z "$qemu" ]; then
-    qemu=$("$here/qemu/build.sh") || die "could not build the emulated host's QEMU (qemu/build.sh)"
+    # As with the kernel below, only a build is worth reporting.
+    qemu=$( { "$here/qemu/build.sh" 2>&1 1>&3 3>&- | sed '/: cached at /d' >&2; } 3>&1 ) \
+        || die "could not build the emulated host's QEMU (qemu/build.sh)"
 fi
 qemu_bin=$(command -v "$qemu") || die "$qemu is not installed (needed for the emulated host)"
 qemu_version=$("$qemu_bin" --version 2>/dev/null | head -n 1) || die "$qemu_bin --version failed"
@@ -270,55 +272,73 @@ if $vfio_edu; then
 fi
 cmdline+=${host_params:+ $host_params}
 
-# Output is streamed through FIFOs that QEMU writes as files: relays start
-# first because QEMU's open blocks until a reader is there. Each relay also
-# appends to one file whose growth tells the stall watch the command is alive.
-mkfifo "$run_dir/stdout" "$run_dir/stderr"
-: >"$run_dir/output"
-tee -a "$run_dir/output" <"$run_dir/stdout" &
-relay_pids+=($!)
-tee -a "$run_dir/output" <"$run_dir/stderr" >&2 &
-relay_pids+=($!)
+# One boot of the emulated host running the command; sets qemu_status.
+boot() {
+    # Output is streamed through FIFOs that QEMU writes as files: relays start
+    # first because QEMU's open blocks until a reader is there. Each relay also
+    # appends to one file whose growth tells the stall watch the command is alive.
+    mkfifo "$run_dir/stdout" "$run_dir/stderr"
+    : >"$run_dir/output"
+    tee -a "$run_dir/output" <"$run_dir/stdout" &
+    relay_pids+=($!)
+    tee -a "$run_dir/output" <"$run_dir/stderr" >&2 &
+    relay_pids+=($!)
 
-started=$SECONDS
-timeout_args=(-k 5 "$timeout_s")
-[ "$timeout_s" -gt 0 ] || timeout_args=(0)
-timeout "${timeout_args[@]}" "$qemu_bin" "${qemu_args[@]}" -append "$cmdline" \
-    </dev/null 2>"$run_dir/qemu.log" &
-qemu_pid=$!
-# A hung emulated host (see README.md) writes nothing more; cutting it short
-# after --stall seconds instead of --timeout leaves a caller time to retry.
-if [ "$stall_s" -gt 0 ]; then
-    (
-        size=-1
-        quiet=0
-        while sleep 5; do
-            now=$(stat -c %s "$run_dir/output")
-            if [ "$now" != "$size" ]; then
-                size=$now
-                quiet=0
-            else
-                quiet=$((quiet + 5))
-            fi
-            if [ "$quiet" -ge "$stall_s" ]; then
-                : >"$run_dir/stalled"
-                # Where each vCPU is, in the emulated host's kernel or a
-                # guest's ($KATA_RS_TEST_KERNEL), for the report below.
-                timeout 30 python3 "$here/cpu-state.py" "$run_dir/monitor.sock" \
-                    "$kernel_dir/vmlinux" ${KATA_RS_TEST_KERNEL:+"$KATA_RS_TEST_KERNEL"} \
-                    >"$run_dir/cpu-state" 2>&1 || true
-                kill -TERM "$qemu_pid"
-                exit 0
-            fi
-        done
-    ) &
-    watch_pid=$!
-fi
-qemu_status=0
-wait "$qemu_pid" || qemu_status=$?
-qemu_pid=
-stop_watch
-release_relays
+    started=$SECONDS
+    timeout_args=(-k 5 "$timeout_s")
+    [ "$timeout_s" -gt 0 ] || timeout_args=(0)
+    timeout "${timeout_args[@]}" "$qemu_bin" "${qemu_args[@]}" -append "$cmdline" \
+        </dev/null 2>"$run_dir/qemu.log" &
+    qemu_pid=$!
+    # A hung emulated host (see README.md) writes nothing more; cutting it short
+    # after --stall seconds instead of --timeout leaves a caller time to retry.
+    if [ "$stall_s" -gt 0 ]; then
+        (
+            size=-1
+            quiet=0
+            while sleep 5; do
+                now=$(stat -c %s "$run_dir/output")
+                if [ "$now" != "$size" ]; then
+                    size=$now
+                    quiet=0
+                else
+                    quiet=$((quiet + 5))
+                fi
+                if [ "$quiet" -ge "$stall_s" ]; then
+                    : >"$run_dir/stalled"
+                    # Where each vCPU is, in the emulated host's kernel or a
+                    # guest's ($KATA_RS_TEST_KERNEL), for the report below.
+                    timeout 30 python3 "$here/cpu-state.py" "$run_dir/monitor.sock" \
+                        "$kernel_dir/vmlinux" ${KATA_RS_TEST_KERNEL:+"$KATA_RS_TEST_KERNEL"} \
+                        >"$run_dir/cpu-state" 2>&1 || true
+                    kill -TERM "$qemu_pid"
+                    exit 0
+                fi
+            done
+        ) &
+        watch_pid=$!
+    fi
+    qemu_status=0
+    wait "$qemu_pid" || qemu_status=$?
+    qemu_pid=
+    stop_watch
+    release_relays
+}
+
+# QEMU 10.0's TCG now and then dies of SIGSEGV while the emulated host
+# boots (README.md, "Known issues"). Before the command has started nothing
+# of it is lost, so such a host is booted again, and says so.
+boots=3
+for boot_number in $(seq 1 "$boots"); do
+    rm -f "$run_dir/stdout" "$run_dir/stderr" "$run_dir/stalled"
+    boot
+    if [ -f "$job/started" ] || [ "$qemu_status" -le 128 ] || [ "$qemu_status" -eq 137 ] \
+            || [ "$boot_number" -eq "$boots" ]; then
+        break
+    fi
+    echo "$prog: QEMU died (exit status $qemu_status) before the command started; booting the emulated host again ($((boot_number + 1)) of $boots; $qemu_version)" >&2
+    [ ! -s "$run_dir/qemu.log" ] || sed 's/^/    /' "$run_dir/qemu.log" >&2
+done
 
 if [ -f "$job/status" ]; then
     status=$(cat "$job/status")
