@@ -339,17 +339,25 @@ impl Containers {
             .map_err(|_| Error::InvalidArgument(format!("signal {signal} is out of range")))?;
         let sig = nix::sys::signal::Signal::try_from(number)
             .map_err(|e| Error::InvalidArgument(format!("signal {signal}: {e}")))?;
+        // A process that finished is not found, as runc's shim has it:
+        // containerd takes that for "already gone".
         if exec_id.is_empty() {
             let _ops = lock(&entry.ops);
-            return Ok(self.engine.load(id)?.kill(sig, all)?);
+            let mut container = self.engine.load(id)?;
+            if !all && container.status() == "stopped" {
+                return Err(Error::NotFound(format!(
+                    "container {id}: its process already finished"
+                )));
+            }
+            return Ok(container.kill(sig, all)?);
         }
         let proc = self.proc(id, exec_id)?;
         // The status lock keeps the reaper's delivery (and so pid reuse) out
         // while the signal is sent.
         let status = lock(&proc.status);
         if status.is_some() {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id}: process {exec_id} has exited"
+            return Err(Error::NotFound(format!(
+                "container {id}: process {exec_id} already finished"
             )));
         }
         match nix::sys::signal::kill(Pid::from_raw(proc.pid), sig) {

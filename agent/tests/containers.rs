@@ -274,6 +274,8 @@ fn exec_close_stdin_signals_and_forced_removal() {
     req.signal = 15;
     agent.client.agent.signal_process(ctx(), &req).unwrap();
     assert_eq!(agent.wait("box", "e3").unwrap(), 128 + 15);
+    let (c, msg) = code(agent.client.agent.signal_process(ctx(), &req));
+    assert_eq!(c, Code::NOT_FOUND, "a signal to a finished exec: {msg}");
 
     let mut req = ContainerRequest::new();
     req.container_id = "box".into();
@@ -346,6 +348,14 @@ fn bad_requests_get_clear_errors() {
     let (c, msg) = code(agent.start("twice"));
     assert_eq!(c, Code::FAILED_PRECONDITION, "{msg}");
     assert_eq!(agent.wait("twice", "").unwrap(), 0);
+    // A finished process is not found, as runc's shim answers a kill of
+    // one: containerd takes that for "already gone".
+    let mut req = SignalProcessRequest::new();
+    req.container_id = "twice".into();
+    req.signal = 15;
+    let (c, msg) = code(agent.client.agent.signal_process(ctx(), &req));
+    assert_eq!(c, Code::NOT_FOUND, "{msg}");
+    assert!(msg.contains("already finished"), "{msg}");
     if let Err(e) = agent.remove("twice", false) {
         panic!("remove after wait: {e:?}");
     }

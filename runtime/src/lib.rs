@@ -2,6 +2,7 @@
 //! top of the microVM sandbox.
 //!
 //! - [`config`]: the TOML configuration;
+//! - [`error`]: the kinds of failure callers act on (not found, ...);
 //! - [`kvm`]: what kind of KVM the host has;
 //! - [`check`]: `kata-rs check`, what this host can run;
 //! - [`sandbox`]: a VM sandbox: the VMM process and the agent in it;
@@ -10,6 +11,7 @@
 
 pub mod check;
 pub mod config;
+pub mod error;
 pub mod kvm;
 pub mod oci;
 pub mod sandbox;

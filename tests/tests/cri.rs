@@ -381,6 +381,34 @@ fn pods_keep_running_across_a_containerd_restart() {
     node.finish();
 }
 
+/// Pods whose container ended on its own stop and go like any other, both
+/// once CRI has seen the exit and straight after it (when CRI may still
+/// kill what has finished, and must take the shim's "not found" for
+/// "already gone").
+#[test]
+fn a_pod_whose_container_exited_on_its_own_stops_and_goes() {
+    let node = node();
+    for seen in [true, false] {
+        let name = format!("exited-{}", if seen { "seen" } else { "at-once" });
+        let config = node.pod_config(&name);
+        let pod = node
+            .cri
+            .run_pod(&config, node.handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"));
+        let id = node.start(&pod, &config, "quitter", &["sh", "-c", "exit 3"]);
+        if seen {
+            wait_until(TIMEOUT, "CRI to see the container exited", || {
+                node.cri
+                    .container_status(&id)
+                    .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
+            });
+            assert_eq!(node.cri.container_status(&id).unwrap().exit_code, 3);
+        }
+        node.remove(&pod);
+    }
+    node.finish();
+}
+
 #[test]
 fn a_killed_vmm_or_host_agent_ends_the_pods_containers_and_leaves_nothing() {
     let node = node();

@@ -90,6 +90,37 @@ fn exec_signals_and_delete() {
     assert!(!pod_dir(&id).exists(), "the pod directory is left");
 }
 
+/// A kill of a task that already finished is "not found", as runc's shim
+/// answers: containerd takes that for "already gone" (and goes on stopping
+/// a pod), where any other error fails StopPodSandbox.
+#[test]
+fn killing_a_finished_task_is_not_found() {
+    let Some(mut containerd) = containerd() else {
+        return;
+    };
+    let (id, mut cmd) = containerd.run_command(&["-d"], &["sh", "-c", "exit 3"]);
+    run_ok(&mut cmd);
+    wait_until(TIMEOUT, "the task to stop", || {
+        containerd.task_status(&id) == "STOPPED"
+    });
+    for args in [&["task", "kill", &id][..], &["task", "kill", "--all", &id]] {
+        let kill = run(&mut containerd.ctr(args), None);
+        assert!(
+            kill.code != Some(0)
+                && kill.stderr.contains("already finished")
+                && kill.stderr.contains("not found"),
+            "ctr {args:?}: {kill:?}"
+        );
+    }
+    let delete = run(&mut containerd.ctr(&["task", "delete", &id]), None);
+    assert!(
+        delete.code == Some(0) && delete.stderr.contains("exit code 3"),
+        "{delete:?}"
+    );
+    containerd.finish();
+    assert!(!pod_dir(&id).exists(), "the pod directory is left");
+}
+
 #[test]
 fn pause_resume_ps_and_metrics() {
     let Some(mut containerd) = containerd() else {

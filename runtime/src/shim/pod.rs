@@ -24,6 +24,7 @@ use super::host::HostAgent;
 use super::io::{self, Fifos, Relays};
 use super::network::{self, PodNetwork};
 use crate::config::{Config, Isolation};
+use crate::error::Kind;
 use crate::oci::vm::monitor;
 use crate::oci::vm::process::ProcRef;
 use crate::oci::vm::stdio::{self, StdioAddr, Streams};
@@ -133,7 +134,7 @@ impl Container {
         }
         self.execs
             .get(exec_id)
-            .ok_or_else(|| anyhow!("process {exec_id} does not exist"))
+            .ok_or_else(|| Kind::NotFound.err(format!("process {exec_id} does not exist")))
     }
 
     fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
@@ -142,7 +143,7 @@ impl Container {
         }
         self.execs
             .get_mut(exec_id)
-            .ok_or_else(|| anyhow!("process {exec_id} does not exist"))
+            .ok_or_else(|| Kind::NotFound.err(format!("process {exec_id} does not exist")))
     }
 }
 
@@ -224,13 +225,13 @@ impl Pod {
     pub fn container(&self, id: &str) -> Result<&Container> {
         self.containers
             .get(id)
-            .ok_or_else(|| anyhow!("container {id} does not exist"))
+            .ok_or_else(|| Kind::NotFound.err(format!("container {id} does not exist")))
     }
 
     fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
         self.containers
             .get_mut(id)
-            .ok_or_else(|| anyhow!("container {id} does not exist"))
+            .ok_or_else(|| Kind::NotFound.err(format!("container {id} does not exist")))
     }
 
     fn client(&self) -> Result<&AgentClient> {
@@ -351,7 +352,7 @@ impl Pod {
     ) -> Result<()> {
         kata_rs_engine::validate_id(id)?;
         if self.containers.contains_key(id) {
-            bail!("container {id} already exists");
+            return Err(Kind::AlreadyExists.err(format!("container {id} already exists")));
         }
         let spec: Value = serde_json::from_slice(
             &std::fs::read(bundle.join("config.json"))
@@ -565,10 +566,13 @@ impl Pod {
     ) -> Result<()> {
         let c = self.container_mut(id)?;
         if c.init.status(c.paused) != "running" {
-            bail!("container {id} is not running: cannot exec in it");
+            return Err(Kind::FailedPrecondition
+                .err(format!("container {id} is not running: cannot exec in it")));
         }
         if c.execs.contains_key(exec_id) {
-            bail!("process {exec_id} already exists in container {id}");
+            return Err(Kind::AlreadyExists.err(format!(
+                "process {exec_id} already exists in container {id}"
+            )));
         }
         c.execs
             .insert(exec_id.to_owned(), Process::new(fifos, Some(process)));
@@ -593,10 +597,10 @@ impl Pod {
         let c = self.container_mut(id)?;
         let p = c.process_mut(exec_id)?;
         if p.started {
-            bail!(
+            return Err(Kind::FailedPrecondition.err(format!(
                 "process {} of container {id} was already started",
                 name(exec_id)
-            );
+            )));
         }
         if exec_id.is_empty() {
             client
@@ -667,11 +671,13 @@ impl Pod {
 
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let p = self.container(id)?.process(exec_id)?;
+        // runc's shim says the same: containerd takes NOT_FOUND for "already
+        // gone" and goes on stopping the pod.
         if p.exit.get().is_some() {
-            bail!(
-                "process {} of container {id} is stopped: cannot signal it: container not running",
+            return Err(Kind::NotFound.err(format!(
+                "process {} of container {id} already finished",
                 name(exec_id)
-            );
+            )));
         }
         let mut req = SignalProcessRequest::new();
         req.container_id = id.to_owned();
@@ -759,12 +765,13 @@ impl Pod {
             let p = c
                 .execs
                 .remove(exec_id)
-                .ok_or_else(|| anyhow!("process {exec_id} does not exist"))?;
+                .ok_or_else(|| Kind::NotFound.err(format!("process {exec_id} does not exist")))?;
             return Ok(p.exit.get());
         }
         let status = c.init.status(c.paused);
         if status != "stopped" && status != "created" {
-            bail!("container {id} is {status}: cannot delete it");
+            return Err(Kind::FailedPrecondition
+                .err(format!("container {id} is {status}: cannot delete it")));
         }
         let exited = c.init.exit.get();
         let vmm = self.task_pid(id, "");

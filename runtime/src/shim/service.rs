@@ -27,6 +27,7 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use super::io::Fifos;
 use super::pod::{Exited, Pod, RootfsMount};
 use super::stats;
+use crate::error::{kind_of, Kind};
 
 /// The task service of one shim: one pod.
 pub struct Service {
@@ -66,20 +67,18 @@ pub(crate) fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(ts)
 }
 
-/// An error as containerd shows it: the message, with the gRPC code that
-/// makes containerd say "not found" where that is what happened.
+/// An error as containerd shows it: the whole chain as the message, and
+/// the gRPC code of its kind, by which containerd tells "not found" (for
+/// it: already gone) from a failure.
 fn to_ttrpc(e: anyhow::Error) -> ttrpc::Error {
-    let msg = format!("{e:#}");
-    let code = if msg.contains("does not exist") {
-        ttrpc::Code::NOT_FOUND
-    } else if msg.contains("already exists") {
-        ttrpc::Code::ALREADY_EXISTS
-    } else if msg.contains("cannot") {
-        ttrpc::Code::FAILED_PRECONDITION
-    } else {
-        ttrpc::Code::UNKNOWN
+    let code = match kind_of(&e) {
+        Some(Kind::NotFound) => ttrpc::Code::NOT_FOUND,
+        Some(Kind::AlreadyExists) => ttrpc::Code::ALREADY_EXISTS,
+        Some(Kind::FailedPrecondition) => ttrpc::Code::FAILED_PRECONDITION,
+        Some(Kind::InvalidArgument) => ttrpc::Code::INVALID_ARGUMENT,
+        None => ttrpc::Code::UNKNOWN,
     };
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, format!("{e:#}")))
 }
 
 impl Service {
@@ -266,8 +265,12 @@ impl Task for Service {
             .as_ref()
             .map(|any| serde_json::from_slice(&any.value))
             .transpose()
-            .map_err(|e| to_ttrpc(anyhow::anyhow!("the exec's process is not valid JSON: {e}")))?
-            .ok_or_else(|| to_ttrpc(anyhow::anyhow!("the exec carries no process")))?;
+            .map_err(|e| {
+                to_ttrpc(
+                    Kind::InvalidArgument.err(format!("the exec's process is not valid JSON: {e}")),
+                )
+            })?
+            .ok_or_else(|| to_ttrpc(Kind::InvalidArgument.err("the exec carries no process")))?;
         let fifos = Fifos {
             stdin: req.stdin,
             stdout: req.stdout,
@@ -403,7 +406,11 @@ impl Task for Service {
             .as_ref()
             .map(|any| serde_json::from_slice(&any.value))
             .transpose()
-            .map_err(|e| to_ttrpc(anyhow::anyhow!("the resources are not valid JSON: {e}")))?
+            .map_err(|e| {
+                to_ttrpc(
+                    Kind::InvalidArgument.err(format!("the resources are not valid JSON: {e}")),
+                )
+            })?
             .unwrap_or_default();
         self.pod().update(&req.id, &resources).map_err(to_ttrpc)?;
         Ok(Empty::new())

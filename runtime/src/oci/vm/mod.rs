@@ -39,6 +39,7 @@ use serde_json::Value;
 use super::cli::{CreateArgs, ExecArgs};
 use super::console::{self, OwnConsole};
 use crate::config::Config;
+use crate::error::Kind;
 use crate::sandbox::{SandboxSpec, VmSandbox};
 use process::ProcRef;
 use state::VmState;
@@ -55,12 +56,17 @@ pub(crate) fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
 }
 
+/// An agent's failed answer, with its kind where its status code has one.
 pub(crate) fn rpc_error(what: &str, id: &str, e: ttrpc::Error) -> anyhow::Error {
-    let text = match &e {
-        ttrpc::Error::RpcStatus(s) => s.message().to_owned(),
-        other => other.to_string(),
+    let (text, kind) = match &e {
+        ttrpc::Error::RpcStatus(s) => (s.message().to_owned(), Kind::of_code(s.code())),
+        other => (other.to_string(), None),
     };
-    anyhow::anyhow!("container {id}: {what}: {text}")
+    let message = format!("container {id}: {what}: {text}");
+    match kind {
+        Some(kind) => kind.err(message),
+        None => anyhow::anyhow!(message),
+    }
 }
 
 pub(crate) fn container_req(id: &str) -> ContainerRequest {
