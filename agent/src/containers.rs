@@ -345,8 +345,10 @@ impl Containers {
             let _ops = lock(&entry.ops);
             let mut container = self.engine.load(id)?;
             if !all && container.status() == "stopped" {
+                // containerd's runc shim reads "container not running" as
+                // "already gone" too.
                 return Err(Error::NotFound(format!(
-                    "container {id}: its process already finished"
+                    "container {id}: process already finished: container not running"
                 )));
             }
             return Ok(container.kill(sig, all)?);

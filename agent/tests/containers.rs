@@ -273,9 +273,19 @@ fn exec_close_stdin_signals_and_forced_removal() {
     req.exec_id = "e3".into();
     req.signal = 15;
     agent.client.agent.signal_process(ctx(), &req).unwrap();
-    assert_eq!(agent.wait("box", "e3").unwrap(), 128 + 15);
-    let (c, msg) = code(agent.client.agent.signal_process(ctx(), &req));
+    // Finished but not yet waited for: still known, and not found for a
+    // signal. SIGCONT until the agent has seen the exit.
+    req.signal = 18;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (c, msg) = loop {
+        match agent.client.agent.signal_process(ctx(), &req) {
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => break code(other),
+        }
+    };
     assert_eq!(c, Code::NOT_FOUND, "a signal to a finished exec: {msg}");
+    assert!(msg.contains("already finished"), "{msg}");
+    assert_eq!(agent.wait("box", "e3").unwrap(), 128 + 15);
 
     let mut req = ContainerRequest::new();
     req.container_id = "box".into();

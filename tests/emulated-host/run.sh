@@ -284,7 +284,7 @@ boot() {
     tee -a "$run_dir/output" <"$run_dir/stderr" >&2 &
     relay_pids+=($!)
 
-    started=$SECONDS
+    boot_began=$SECONDS
     timeout_args=(-k 5 "$timeout_s")
     [ "$timeout_s" -gt 0 ] || timeout_args=(0)
     timeout "${timeout_args[@]}" "$qemu_bin" "${qemu_args[@]}" -append "$cmdline" \
@@ -319,7 +319,7 @@ boot() {
         watch_pid=$!
     fi
     qemu_status=0
-    wait "$qemu_pid" || qemu_status=$?
+    wait "$qemu_pid" 2>/dev/null || qemu_status=$?
     qemu_pid=
     stop_watch
     release_relays
@@ -360,7 +360,7 @@ if [ -f "$run_dir/stalled" ]; then
     exit 124
 fi
 if [ "$timeout_s" -gt 0 ] && { [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -eq 137 ]; } \
-    && [ $((SECONDS - started)) -ge "$timeout_s" ]; then
+    && [ $((SECONDS - boot_began)) -ge "$timeout_s" ]; then
     echo "$prog: timed out after $timeout_s s; QEMU was killed (raise --timeout if the command needs longer)" >&2
     exit 124
 fi

@@ -24,7 +24,7 @@ use super::host::HostAgent;
 use super::io::{self, Fifos, Relays};
 use super::network::{self, PodNetwork};
 use crate::config::{Config, Isolation};
-use crate::error::Kind;
+use crate::error::{kind_of, Kind};
 use crate::oci::vm::monitor;
 use crate::oci::vm::process::ProcRef;
 use crate::oci::vm::stdio::{self, StdioAddr, Streams};
@@ -132,9 +132,7 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(&self.init);
         }
-        self.execs
-            .get(exec_id)
-            .ok_or_else(|| Kind::NotFound.err(format!("process {exec_id} does not exist")))
+        self.execs.get(exec_id).ok_or_else(|| no_process(exec_id))
     }
 
     fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
@@ -143,7 +141,7 @@ impl Container {
         }
         self.execs
             .get_mut(exec_id)
-            .ok_or_else(|| Kind::NotFound.err(format!("process {exec_id} does not exist")))
+            .ok_or_else(|| no_process(exec_id))
     }
 }
 
@@ -223,15 +221,11 @@ impl Pod {
     }
 
     pub fn container(&self, id: &str) -> Result<&Container> {
-        self.containers
-            .get(id)
-            .ok_or_else(|| Kind::NotFound.err(format!("container {id} does not exist")))
+        self.containers.get(id).ok_or_else(|| no_container(id))
     }
 
     fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
-        self.containers
-            .get_mut(id)
-            .ok_or_else(|| Kind::NotFound.err(format!("container {id} does not exist")))
+        self.containers.get_mut(id).ok_or_else(|| no_container(id))
     }
 
     fn client(&self) -> Result<&AgentClient> {
@@ -350,7 +344,7 @@ impl Pod {
         rootfs: &[RootfsMount],
         fifos: Fifos,
     ) -> Result<()> {
-        kata_rs_engine::validate_id(id)?;
+        kata_rs_engine::validate_id(id).map_err(|e| Kind::InvalidArgument.err(e.to_string()))?;
         if self.containers.contains_key(id) {
             return Err(Kind::AlreadyExists.err(format!("container {id} already exists")));
         }
@@ -449,7 +443,13 @@ impl Pod {
         if let Err(e) = client.agent.create_container(ctx(), &req) {
             let err = rpc_error("create in the agent", id, e);
             match self.backend.as_mut() {
-                Some(Backend::Vm(v)) => bail!("{err:#}; {}", v.sandbox.post_mortem()),
+                Some(Backend::Vm(v)) => {
+                    let message = format!("{err:#}; {}", v.sandbox.post_mortem());
+                    return Err(match kind_of(&err) {
+                        Some(kind) => kind.err(message),
+                        None => anyhow!(message),
+                    });
+                }
                 _ => return Err(err),
             }
         }
@@ -672,7 +672,9 @@ impl Pod {
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let p = self.container(id)?.process(exec_id)?;
         // runc's shim says the same: containerd takes NOT_FOUND for "already
-        // gone" and goes on stopping the pod.
+        // gone" and goes on stopping the pod. So does a kill of all the
+        // container's processes: CRI's exit handling sends one, and must not
+        // fail when the VM or host agent that ran them is gone.
         if p.exit.get().is_some() {
             return Err(Kind::NotFound.err(format!(
                 "process {} of container {id} already finished",
@@ -762,10 +764,7 @@ impl Pod {
     pub fn delete(&mut self, id: &str, exec_id: &str) -> Result<Option<Exited>> {
         let c = self.container_mut(id)?;
         if !exec_id.is_empty() {
-            let p = c
-                .execs
-                .remove(exec_id)
-                .ok_or_else(|| Kind::NotFound.err(format!("process {exec_id} does not exist")))?;
+            let p = c.execs.remove(exec_id).ok_or_else(|| no_process(exec_id))?;
             return Ok(p.exit.get());
         }
         let status = c.init.status(c.paused);
@@ -962,6 +961,14 @@ fn force_remove(client: &AgentClient, id: &str) -> ttrpc::Result<()> {
     req.container_id = id.to_owned();
     req.force = true;
     client.agent.remove_container(ctx(), &req).map(|_| ())
+}
+
+fn no_process(exec_id: &str) -> anyhow::Error {
+    Kind::NotFound.err(format!("process {exec_id} does not exist"))
+}
+
+fn no_container(id: &str) -> anyhow::Error {
+    Kind::NotFound.err(format!("container {id} does not exist"))
 }
 
 fn name(exec_id: &str) -> &str {
