@@ -19,8 +19,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use kata_rs_engine::{
-    engine::validate_id, CreateOptions, Engine, EngineError, ExecOptions, LinuxResources, Process,
-    Spec,
+    engine::validate_id, CreateOptions, Engine, EngineError, ExecOptions, LinuxResources, OomKills,
+    Process, Spec,
 };
 use kata_rs_protocol::{GUEST_SHARE_DIR, SHARED_FS_TAG};
 use nix::errno::Errno;
@@ -77,6 +77,9 @@ pub struct Config {
     /// paths are the host's. A guest's agent drops them; the host runs a VM
     /// container's hooks itself.
     pub run_hooks: bool,
+    /// The systemd cgroup driver, on a host (the shim checked that systemd
+    /// runs); cgroupfs otherwise.
+    pub systemd_cgroup: bool,
 }
 
 pub struct Containers {
@@ -94,11 +97,20 @@ struct Entry {
     procs: Mutex<HashMap<String, Arc<Proc>>>,
 }
 
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    /// The OOM killer killed in the container's memory cgroup while the
+    /// process ran (runc's shim reports such a kill as the container's).
+    pub oom_killed: bool,
+}
+
 /// One process the agent started, and what it needs after the start.
 struct Proc {
     pid: i32,
-    /// The exit status once the process exited and its output is drained.
-    status: Mutex<Option<i32>>,
+    /// How it ended, once it exited and its output is drained.
+    status: Mutex<Option<Exit>>,
     exited: Condvar,
     /// Dropped by CloseStdin: the stdin relay's stop pipe.
     close_stdin: Mutex<Option<OwnedFd>>,
@@ -107,11 +119,11 @@ struct Proc {
 }
 
 impl Proc {
-    fn wait(&self) -> i32 {
+    fn wait(&self) -> Exit {
         let mut status = lock(&self.status);
         loop {
-            if let Some(code) = *status {
-                return code;
+            if let Some(exit) = *status {
+                return exit;
             }
             status = self.exited.wait(status).unwrap_or_else(|e| e.into_inner());
         }
@@ -129,7 +141,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl Containers {
     pub fn new(config: Config, reaper: Arc<Reaper>, streams: Arc<StreamRegistry>) -> Result<Self> {
-        let engine = Engine::new(config.state_dir.join("containers"), false)?;
+        let engine = Engine::new(config.state_dir.join("containers"), config.systemd_cgroup)?;
         Ok(Containers {
             config,
             engine,
@@ -274,7 +286,9 @@ impl Containers {
             terminal,
             "container created"
         );
-        lock(&entry.procs).insert(String::new(), started.watch(id, "", exit));
+        // Read before start: the init has not run yet.
+        let oom_kills = self.engine.load(id).ok().and_then(|c| oom_counter(&c));
+        lock(&entry.procs).insert(String::new(), started.watch(id, "", exit, oom_kills));
         Ok(())
     }
 
@@ -306,6 +320,9 @@ impl Containers {
             )));
         }
         let container = self.engine.load(id)?;
+        // Read before the process exists, or a kill right after its exec
+        // would count as one before it.
+        let oom_kills = oom_counter(&container);
         let terminal = process.terminal().unwrap_or(false);
         let streams = self.streams.claim(id, exec_id);
         let io = ProcIo::new(&self.config.state_dir, id, exec_id, terminal, streams)?;
@@ -329,7 +346,10 @@ impl Containers {
             "process started"
         );
         let pid = started.pid;
-        lock(&entry.procs).insert(exec_id.to_owned(), started.watch(id, exec_id, exit));
+        lock(&entry.procs).insert(
+            exec_id.to_owned(),
+            started.watch(id, exec_id, exit, oom_kills),
+        );
         Ok(pid)
     }
 
@@ -369,9 +389,9 @@ impl Containers {
     }
 
     /// Blocks until the process exited and its output reached the host.
-    pub fn wait(&self, id: &str, exec_id: &str) -> Result<i32> {
+    pub fn wait(&self, id: &str, exec_id: &str) -> Result<Exit> {
         let proc = self.proc(id, exec_id)?;
-        let code = proc.wait();
+        let exit = proc.wait();
         if !exec_id.is_empty() {
             if let Ok(entry) = self.entry(id) {
                 let mut procs = lock(&entry.procs);
@@ -380,8 +400,14 @@ impl Containers {
                 }
             }
         }
-        tracing::info!(container_id = id, exec_id, code, "process waited for");
-        Ok(code)
+        tracing::info!(
+            container_id = id,
+            exec_id,
+            code = exit.code,
+            oom_killed = exit.oom_killed,
+            "process waited for"
+        );
+        Ok(exit)
     }
 
     pub fn resize(&self, id: &str, exec_id: &str, rows: u32, columns: u32) -> Result<()> {
@@ -623,7 +649,13 @@ impl Started {
     /// the output relays drain and close their connections, and only then
     /// publishes the status: a host that prints the output before it exits
     /// with the status must have all of it by the time WaitProcess returns.
-    fn watch(self, id: &str, exec_id: &str, rx: Receiver<WaitStatus>) -> Arc<Proc> {
+    fn watch(
+        self,
+        id: &str,
+        exec_id: &str,
+        rx: Receiver<WaitStatus>,
+        oom_kills: Option<(OomKills, u64)>,
+    ) -> Arc<Proc> {
         let proc = Arc::new(Proc {
             pid: self.pid,
             status: Mutex::new(None),
@@ -646,12 +678,21 @@ impl Started {
                 }
                 Err(_) => 255,
             };
+            let oom_killed = oom_kills
+                .as_ref()
+                .is_some_and(|(kills, before)| kills.count() > *before);
             drop(exited_tx);
             for relay in relays {
                 let _ = relay.join();
             }
-            tracing::info!(container_id = id, exec_id, code, "process exited");
-            *lock(&watched.status) = Some(code);
+            tracing::info!(
+                container_id = id,
+                exec_id,
+                code,
+                oom_killed,
+                "process exited"
+            );
+            *lock(&watched.status) = Some(Exit { code, oom_killed });
             watched.exited.notify_all();
         };
         if let Err(e) = std::thread::Builder::new()
@@ -661,9 +702,29 @@ impl Started {
             // Without the monitor no status can ever arrive: say so now
             // rather than let a waiter hang.
             tracing::error!(pid = proc.pid, error = %e, "starting the exit monitor");
-            *lock(&proc.status) = Some(255);
+            *lock(&proc.status) = Some(Exit {
+                code: 255,
+                oom_killed: false,
+            });
         }
         proc
+    }
+}
+
+/// The container's OOM kill counter and its count now; without one (a
+/// cgroup the engine cannot read) its processes run on, with no OOM kill
+/// to report.
+fn oom_counter(container: &kata_rs_engine::Container) -> Option<(OomKills, u64)> {
+    match container.oom_kills() {
+        Ok(Some(kills)) => {
+            let before = kills.count();
+            Some((kills, before))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(container_id = container.id(), error = %e, "no OOM kill counter");
+            None
+        }
     }
 }
 

@@ -45,6 +45,11 @@ struct Args {
     #[arg(long)]
     no_init: bool,
 
+    /// Make the containers' cgroups through systemd (cgroupsPath is then
+    /// "slice:prefix:name"); only with --no-init, on a host running systemd.
+    #[arg(long, requires = "no_init")]
+    systemd_cgroup: bool,
+
     /// Log level (off, error, warn, info, debug, trace). As init, the kernel
     /// command line's agent.log=LEVEL takes precedence.
     #[arg(long, default_value = "info")]
@@ -94,6 +99,7 @@ fn run(args: Args) -> Result<()> {
             mount_share: false,
             no_pivot: false,
             run_hooks: true,
+            systemd_cgroup: args.systemd_cgroup,
         };
         let (_server, sockets) = serve(&args, Teardown::Exit, config, reaper)?;
         let signal = stop.wait().context("waiting for SIGINT/SIGTERM")?;
@@ -125,6 +131,7 @@ fn run(args: Args) -> Result<()> {
         mount_share: true,
         no_pivot: true,
         run_hooks: false,
+        systemd_cgroup: false,
     };
     let _server = serve(&args, Teardown::Reboot, config, reaper)?;
     // The server and the reaper run on their own threads; PID 1 must never

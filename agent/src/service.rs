@@ -227,12 +227,13 @@ impl agent_ttrpc::AgentService for AgentService {
         req: ProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
         let (id, exec_id) = (&req.container_id, &req.exec_id);
-        let code = self
+        let exit = self
             .containers
             .wait(id, exec_id)
             .map_err(status("WaitProcess", id, exec_id))?;
         let mut resp = WaitProcessResponse::new();
-        resp.exit_status = code;
+        resp.exit_status = exit.code;
+        resp.oom_killed = exit.oom_killed;
         Ok(resp)
     }
 

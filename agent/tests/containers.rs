@@ -71,7 +71,10 @@ impl Agent {
     }
 
     fn create(&self, id: &str, args: &[&str]) -> ttrpc::Result<()> {
-        let spec = spec(id, &self.rootfs(id), args);
+        self.create_spec(id, &spec(id, &self.rootfs(id), args))
+    }
+
+    fn create_spec(&self, id: &str, spec: &Value) -> ttrpc::Result<()> {
         let mut req = CreateContainerRequest::new();
         req.container_id = id.into();
         req.spec_json = serde_json::to_vec(&spec).unwrap();
@@ -98,13 +101,19 @@ impl Agent {
     }
 
     fn wait(&self, id: &str, exec_id: &str) -> ttrpc::Result<i32> {
+        self.wait_exit(id, exec_id).map(|(status, _)| status)
+    }
+
+    /// The exit status, and whether the OOM killer killed in the
+    /// container meanwhile.
+    fn wait_exit(&self, id: &str, exec_id: &str) -> ttrpc::Result<(i32, bool)> {
         let mut req = ProcessRequest::new();
         req.container_id = id.into();
         req.exec_id = exec_id.into();
         self.client
             .agent
             .wait_process(ctx(), &req)
-            .map(|r| r.exit_status)
+            .map(|r| (r.exit_status, r.oom_killed))
     }
 
     fn status(&self, id: &str) -> ttrpc::Result<String> {
@@ -158,7 +167,7 @@ fn install_busybox(rootfs: &Path) {
         std::fs::create_dir_all(rootfs.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "echo", "cat", "sleep", "true", "test"] {
+    for applet in ["sh", "echo", "cat", "sleep", "true", "test", "dd"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
 }
@@ -327,8 +336,37 @@ fn killed_init_reports_128_plus_signal() {
     req.container_id = "k".into();
     req.signal = 9;
     agent.client.agent.signal_process(ctx(), &req).unwrap();
-    assert_eq!(agent.wait("k", "").unwrap(), 137);
+    assert_eq!(agent.wait_exit("k", "").unwrap(), (137, false));
     agent.remove("k", false).unwrap();
+}
+
+/// A container whose memory limit the OOM killer enforced: WaitProcess
+/// says so, for the init and for an exec that ran meanwhile, so that the
+/// shim can publish the OOM event and CRI report OOMKilled.
+#[test]
+#[ignore = "needs root: creates namespace containers"]
+fn an_oom_kill_in_the_container_is_reported_by_wait_process() {
+    let agent = Agent::spawn();
+    let mut spec = spec("hog", &agent.rootfs("hog"), &["sleep", "1000"]);
+    spec["linux"]["resources"] = json!({"memory": {"limit": 16 << 20}});
+    agent.create_spec("hog", &spec).unwrap();
+    agent.start("hog").unwrap();
+    agent.exec("hog", "calm", &["true"]).unwrap();
+    assert_eq!(agent.wait_exit("hog", "calm").unwrap(), (0, false));
+    agent
+        .exec(
+            "hog",
+            "hungry",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        )
+        .unwrap();
+    assert_eq!(agent.wait_exit("hog", "hungry").unwrap(), (137, true));
+    let mut req = SignalProcessRequest::new();
+    req.container_id = "hog".into();
+    req.signal = 9;
+    agent.client.agent.signal_process(ctx(), &req).unwrap();
+    assert_eq!(agent.wait_exit("hog", "").unwrap(), (137, true));
+    agent.remove("hog", false).unwrap();
 }
 
 #[test]

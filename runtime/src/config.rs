@@ -61,6 +61,10 @@ pub struct Runtime {
     /// The agent binary the shim runs on the host for a pod in namespace
     /// isolation (the guest's agent, with --no-init).
     pub host_agent: PathBuf,
+    /// Host cgroups through systemd (cgroupsPath "slice:prefix:name"), as
+    /// runc's SystemdCgroup; false, the default, takes cgroupsPath as a
+    /// cgroupfs path whatever its form, as runc does without it.
+    pub systemd_cgroup: bool,
 }
 
 /// Where a container runs: in its own microVM, or on the host in
@@ -121,6 +125,7 @@ impl Default for Runtime {
             log_level: "info".into(),
             isolation: Isolation::Vm,
             host_agent: PathBuf::from("/usr/local/bin/kata-rs-agent"),
+            systemd_cgroup: false,
         }
     }
 }

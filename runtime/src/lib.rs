@@ -2,6 +2,7 @@
 //! top of the microVM sandbox.
 //!
 //! - [`config`]: the TOML configuration;
+//! - [`cgroup_driver`]: cgroupfs or systemd for the host's cgroups;
 //! - [`error`]: the kinds of failure callers act on (not found, ...);
 //! - [`kvm`]: what kind of KVM the host has;
 //! - [`check`]: `kata-rs check`, what this host can run;
@@ -9,6 +10,7 @@
 //! - [`oci`]: the runc-compatible OCI command line;
 //! - [`shim`]: `containerd-shim-kata-rs-v2`, one microVM per pod.
 
+pub mod cgroup_driver;
 pub mod check;
 pub mod config;
 pub mod error;

@@ -808,6 +808,28 @@ impl Containerd {
         self.dir.path().join("containerd.sock")
     }
 
+    /// Where the shim serving `grouping` (a pod, or a container outside any
+    /// pod) listens: containerd's state directory, by containerd's hash of
+    /// its own address, the namespace and the grouping.
+    pub fn shim_socket(&self, grouping: &str) -> PathBuf {
+        use sha2::Digest;
+        let key = self.address().join(self.namespace).join(grouping);
+        let hash = sha2::Sha256::digest(key.as_os_str().as_encoded_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        Path::new("/run/containerd/s").join(hex)
+    }
+
+    /// Waits for the shim of `grouping` to take its socket away, as runc's
+    /// shim does; a socket left is never removed.
+    pub fn assert_no_shim_socket(&self, grouping: &str) {
+        let socket = self.shim_socket(grouping);
+        wait_until(
+            TIMEOUT,
+            &format!("the shim's socket {} to go", socket.display()),
+            || !socket.exists(),
+        );
+    }
+
     /// `ctr ARGS` against this containerd.
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
@@ -905,8 +927,11 @@ impl Containerd {
             "containers left after kill and delete: {removed:?}"
         );
         let address = self.address().to_string_lossy().into_owned();
-        for needle in std::mem::take(&mut self.ids).iter().chain([&address]) {
+        for needle in self.ids.iter().chain([&address]) {
             wait_for_processes_to_end(needle);
+        }
+        for id in std::mem::take(&mut self.ids) {
+            self.assert_no_shim_socket(&id);
         }
     }
 }

@@ -76,10 +76,20 @@ impl Node {
 
     /// Creates and starts container `name` running `cmd` in `pod`.
     fn start(&self, pod: &str, pod_config: &PodSandboxConfig, name: &str, cmd: &[&str]) -> String {
-        let config = cri::container_config(name, IMAGE, cmd);
+        self.start_config(pod, pod_config, &cri::container_config(name, IMAGE, cmd))
+    }
+
+    /// Creates and starts the container `config` describes in `pod`.
+    fn start_config(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: &ContainerConfig,
+    ) -> String {
+        let name = &config.metadata.as_ref().expect("a container name").name;
         let id = self
             .cri
-            .create_container(pod, &config, pod_config)
+            .create_container(pod, config, pod_config)
             .unwrap_or_else(|e| panic!("create {name}: {e}"));
         self.cri
             .start_container(&id)
@@ -114,6 +124,7 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!pod_dir(pod).exists(), "the pod directory is left");
+        self.containerd.assert_no_shim_socket(pod);
         let host_end = host_veth(pod);
         assert!(
             !Path::new("/sys/class/net").join(&host_end).exists(),
@@ -225,11 +236,32 @@ fn a_pod_of_two_containers_shares_one_vm_its_network_and_logs() {
              echo web-ready && exec httpd -f -p 8080 -h /www",
         ],
     );
-    let client = node.start(
-        &pod,
-        &config,
+    let mut client_config = cri::container_config(
         "client",
+        IMAGE,
         &["sh", "-c", "echo to-err >&2; exec sleep 1000"],
+    );
+    client_config.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let client = node.start_config(&pod, &config, &client_config);
+
+    // An exec (ExecSync) runs under the container's RuntimeDefault seccomp
+    // filter, as the container's init (its `sleep`; the pod shares one pid
+    // namespace) does.
+    let seccomp =
+        "for p in $(pidof sleep); do tr '\\0' ' ' </proc/$p/cmdline | grep -q '^sleep 1000' \
+                   && grep ^Seccomp: /proc/$p/status; done; grep ^Seccomp: /proc/self/status";
+    assert_eq!(
+        node.exec(&client, &["sh", "-c", seccomp]),
+        (0, "Seccomp:\t2\nSeccomp:\t2\n".into())
     );
 
     // The second container reaches the first on the pod's localhost.
@@ -381,20 +413,41 @@ fn pods_keep_running_across_a_containerd_restart() {
     node.finish();
 }
 
+/// The host's cgroup directories named `name` (one per v1 hierarchy, or
+/// the v2 one), as cgroupfs makes them for a cgroupsPath of that name.
+fn host_cgroups(name: &str) -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(name)];
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        dirs.push(hierarchy.path().join(name));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
 /// Pods whose container ended on its own stop and go like any other, both
 /// once CRI has seen the exit and straight after it (when CRI may still
 /// kill what has finished, and must take the shim's "not found" for
-/// "already gone").
+/// "already gone"). Their cgroup parent is a systemd slice, for which CRI
+/// writes cgroupsPath "slice:cri-containerd:id": without the systemd
+/// driver, runc and kata-rs take that as a cgroupfs path.
 #[test]
 fn a_pod_whose_container_exited_on_its_own_stops_and_goes() {
     let node = node();
     for seen in [true, false] {
         let name = format!("exited-{}", if seen { "seen" } else { "at-once" });
-        let config = node.pod_config(&name);
+        let mut config = node.pod_config(&name);
+        config.linux.as_mut().unwrap().cgroup_parent = "kata-rs-test.slice".into();
         let pod = node
             .cri
             .run_pod(&config, node.handler)
             .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"));
+        let cgroup = |id: &str| format!("kata-rs-test.slice:cri-containerd:{id}");
+        if !node.vm() {
+            assert!(
+                !host_cgroups(&cgroup(&pod)).is_empty(),
+                "the pod's sandbox has no cgroup {}",
+                cgroup(&pod)
+            );
+        }
         let id = node.start(&pod, &config, "quitter", &["sh", "-c", "exit 3"]);
         if seen {
             wait_until(TIMEOUT, "CRI to see the container exited", || {
@@ -403,8 +456,41 @@ fn a_pod_whose_container_exited_on_its_own_stops_and_goes() {
                     .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
             });
             assert_eq!(node.cri.container_status(&id).unwrap().exit_code, 3);
+
+            // A container over its memory limit: the OOM killer ends it,
+            // and CRI says so (the reason a kubelet shows as OOMKilled).
+            let mut hog = cri::container_config(
+                "hog",
+                IMAGE,
+                &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
+            );
+            hog.linux = Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 32 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let hog = node.start_config(&pod, &config, &hog);
+            wait_until(TIMEOUT, "CRI to see the hog exited", || {
+                node.cri
+                    .container_status(&hog)
+                    .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
+            });
+            let status = node.cri.container_status(&hog).unwrap();
+            assert_eq!(
+                (status.exit_code, status.reason.as_str()),
+                (137, "OOMKilled"),
+                "{status:?}"
+            );
         }
         node.remove(&pod);
+        for left in [&pod, &id] {
+            assert_eq!(
+                host_cgroups(&cgroup(left)),
+                Vec::<std::path::PathBuf>::new()
+            );
+        }
     }
     node.finish();
 }
@@ -435,7 +521,7 @@ fn a_killed_vmm_or_host_agent_ends_the_pods_containers_and_leaves_nothing() {
 fn pods_started_and_removed_side_by_side_keep_apart() {
     let node = node();
     // Bounded: a pod's boot in the emulated KVM host takes a minute.
-    let rounds = if node.vm() { 2 } else { 5 };
+    let rounds = if node.vm() { 2 } else { 10 };
     for round in 0..rounds {
         let names = [format!("left-{round}"), format!("right-{round}")];
         // Two guests booting at the same moment in the emulated KVM host

@@ -21,6 +21,21 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The stdout of `exec --process FILE` in container `id`, FILE naming
+/// only args, cwd, user and env: the rest is the runtime's to fill in.
+fn exec_bare_process(rt: &Runtime, bundle: &Bundle, id: &str, args: &[&str]) -> String {
+    let process = bundle.path().join("process.json");
+    let json = json!({
+        "args": args,
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+        "env": ["PATH=/bin"],
+    });
+    std::fs::write(&process, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = rt.ok(&["exec", "--process", process.to_str().unwrap(), id]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A failed command: non-zero, and one line on stderr that says `needle`.
 fn assert_one_line_error(out: &std::process::Output, needle: &str) {
     assert!(!out.status.success(), "expected a failure: {out:?}");
@@ -199,24 +214,195 @@ fn exec_runs_with_env_cwd_and_user() {
     let failed = rt.run(&["exec", &id, "sh", "-c", "exit 7"]);
     assert_eq!(failed.status.code(), Some(7));
 
-    let process = bundle.path().join("process.json");
-    std::fs::write(
-        &process,
-        serde_json::to_vec(&json!({
-            "args": ["sh", "-c", "echo from-process-json"],
-            "cwd": "/",
-            "user": {"uid": 0, "gid": 0},
-            "env": ["PATH=/bin"],
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let out = rt.ok(&["exec", "--process", process.to_str().unwrap(), &id]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-process-json\n");
+    assert_eq!(
+        exec_bare_process(&rt, &bundle, &id, &["sh", "-c", "echo from-process-json"]),
+        "from-process-json\n"
+    );
 
     let ps = rt.ok(&["ps", "--format", "json", &id]);
     let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
     assert!(!pids.is_empty());
+
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+}
+
+/// containerd's CRI writes cgroupsPath as "slice:prefix:name" for a pod
+/// under a .slice parent, whatever the runtime; runc without
+/// --systemd-cgroup (its default) takes that as a cgroupfs path, and so
+/// does kata-rs. Choosing the systemd driver where systemd does not run
+/// fails at once with one error naming the choice, and leaves nothing.
+#[test]
+fn a_slice_style_cgroups_path_is_a_cgroupfs_path_unless_systemd_is_chosen() {
+    let rt = Runtime::new();
+    let id = id("slice");
+    let mut bundle = Bundle::new(&id, &["sleep", "300"]);
+    let path = format!("kata-rs-test.slice:cri-containerd:{id}");
+    bundle.config["linux"]["cgroupsPath"] = path.clone().into();
+    bundle.save();
+    let cgroups = || -> Vec<std::path::PathBuf> {
+        let mut dirs = vec![std::path::Path::new("/sys/fs/cgroup").join(&path)];
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            dirs.push(hierarchy.path().join(&path));
+        }
+        dirs.into_iter().filter(|d| d.is_dir()).collect()
+    };
+    rt.create_ok(&id, &bundle);
+    rt.ok(&["start", &id]);
+    if isolation() == "namespace" {
+        let pid = rt.state(&id)["pid"].to_string();
+        let found = cgroups();
+        assert!(!found.is_empty(), "no cgroup named {path}");
+        for dir in &found {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|p| p == pid),
+                "the init {pid} is not in {}",
+                dir.display()
+            );
+        }
+    }
+    rt.ok(&["delete", "--force", &id]);
+    assert_eq!(cgroups(), Vec::<std::path::PathBuf>::new(), "cgroups left");
+    rt.assert_clean(&id, &bundle);
+
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        println!("systemd runs here: its refusal is not what this host shows");
+        return;
+    }
+    let refused = |global: &[&str], says: &str| {
+        let bundle_path = bundle.path().to_str().unwrap();
+        let mut args = global.to_vec();
+        args.extend(["run", "--bundle", bundle_path, &id]);
+        assert_one_line_error(&rt.run(&args), says);
+        rt.assert_clean(&id, &bundle);
+    };
+    refused(
+        &["--systemd-cgroup"],
+        "--systemd-cgroup chooses the systemd cgroup driver, but systemd is not running",
+    );
+    let config = bundle.path().join("systemd.toml");
+    let base = std::env::var_os("KATA_RS_CONFIG")
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_default();
+    let text = if base.contains("[runtime]\n") {
+        base.replace("[runtime]\n", "[runtime]\nsystemd_cgroup = true\n")
+    } else {
+        format!("{base}\n[runtime]\nsystemd_cgroup = true\n")
+    };
+    std::fs::write(&config, text).unwrap();
+    refused(
+        &["--config", config.to_str().unwrap()],
+        "runtime.systemd_cgroup in the configuration chooses",
+    );
+}
+
+/// Every rootfsPropagation runc takes runs (containerd sets rshared and
+/// rslave for pods with Bidirectional and HostToContainer mounts), and the
+/// container's root is a shared mount exactly when it asked for one. In VM
+/// isolation the propagation is the guest's; the two containerd uses are
+/// tried there.
+#[test]
+fn every_rootfs_propagation_runc_takes_runs() {
+    let rt = Runtime::new();
+    let values: &[&str] = if isolation() == "vm" {
+        &["rshared", "rslave"]
+    } else {
+        &[
+            "private",
+            "rprivate",
+            "slave",
+            "rslave",
+            "shared",
+            "rshared",
+            "unbindable",
+            "runbindable",
+        ]
+    };
+    for value in values {
+        let id = id(&format!("propagation-{value}"));
+        // The optional fields of the mount at / (after pivot_root, the
+        // container's root).
+        let root_mount = "while read -r _ _ _ _ at rest; do [ \"$at\" = / ] && echo \"$rest\"; \
+                          done </proc/self/mountinfo; true";
+        let mut bundle = Bundle::new(&id, &["sh", "-c", root_mount]);
+        bundle.config["linux"]["rootfsPropagation"] = (*value).into();
+        bundle.save();
+        let out = rt.run_container(&id, &bundle);
+        assert!(out.status.success(), "{value}: {}", stderr(&out));
+        let root = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            root.contains(" shared:"),
+            value.ends_with("shared"),
+            "{value}: the root mount is {root:?}"
+        );
+        rt.assert_clean(&id, &bundle);
+    }
+}
+
+/// The lines of /proc/<pid>/status and /proc/<pid>/limits that say what
+/// confines a process, as `sh` in the container prints them. `$0` is a
+/// pid, or `self` for that `sh` (not its grep, whose own exec works its
+/// capabilities out anew).
+const CONFINEMENT: &str = "p=$0; [ $p = self ] && p=$$; \
+     grep -E '^(Seccomp|NoNewPrivs|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/$p/status; \
+     grep 'Max open files' /proc/$p/limits; mkdir /tmp/forbidden 2>&1; true";
+
+/// An exec runs under the container's seccomp filter and, where its own
+/// process leaves them out, with the container's capabilities, no-new-privs
+/// and rlimits, as runc's does: the same confinement as the container's
+/// init, whether the process comes from the command line or a file.
+#[test]
+fn exec_is_confined_as_the_container_is() {
+    let rt = Runtime::new();
+    let id = id("confined");
+    let mut bundle = Bundle::new(&id, &["sleep", "300"]);
+    let process = bundle.config["process"].as_object_mut().unwrap();
+    // Without no_new_privileges, as containerd and podman write it: the
+    // filter then needs CAP_SYS_ADMIN to load, which the process lacks.
+    process.remove("noNewPrivileges");
+    process["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 777, "soft": 555}]);
+    bundle.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    });
+    bundle.save();
+    rt.create_ok(&id, &bundle);
+    rt.ok(&["start", &id]);
+
+    let confinement = |args: &[&str], pid: &str| {
+        let mut all = vec!["exec"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[&id, "sh", "-c", CONFINEMENT, pid]);
+        String::from_utf8_lossy(&rt.ok(&all).stdout).into_owned()
+    };
+    let init = confinement(&[], "1");
+    assert!(
+        init.contains("Seccomp:\t2\n"),
+        "the init has no filter:\n{init}"
+    );
+    assert!(init.contains("NoNewPrivs:\t0\n"), "{init}");
+    assert!(
+        init.lines().any(|l| l
+            .split_whitespace()
+            .eq(["Max", "open", "files", "555", "777", "files"])),
+        "{init}"
+    );
+    assert!(init.contains("Operation not permitted"), "{init}");
+    assert_eq!(confinement(&[], "self"), init, "exec differs from the init");
+
+    assert_eq!(
+        exec_bare_process(&rt, &bundle, &id, &["sh", "-c", CONFINEMENT, "self"]),
+        init,
+        "an exec from a bare process.json differs from the init"
+    );
+
+    let nnp = confinement(&["--no-new-privs"], "self");
+    assert_eq!(nnp, init.replace("NoNewPrivs:\t0", "NoNewPrivs:\t1"));
+
+    // Not root: the template's ambient set keeps its capabilities, and
+    // mkdir in root's /tmp would be EACCES, not the filter's EPERM.
+    assert_eq!(confinement(&["--user", "1000:1000"], "self"), init);
 
     rt.ok(&["delete", "--force", &id]);
     rt.assert_clean(&id, &bundle);

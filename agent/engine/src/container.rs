@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::error::{chain, EngineError, Result};
 use crate::lock::IdLock;
+use crate::oom::OomKills;
 
 /// Runs a libcontainer call that reads the init's status, a second time if
 /// the first failed in procfs: libcontainer checks that /proc/<pid> exists
@@ -239,7 +240,7 @@ impl Container {
             }
         }
         if let Some(root) = self.inner.root.parent() {
-            crate::copyup::cleanup(root, &id);
+            crate::private_bundle::cleanup(root, &id);
         }
         self.lock.remove();
         Ok(())
@@ -262,11 +263,22 @@ impl Container {
         if !matches!(self.inner.status(), ContainerStatus::Running) {
             return Err(self.wrong_status("exec in it (it is not running)"));
         }
+        let container_spec = self.spec()?;
+        let mut process = opts.process;
+        crate::exec_process::inherit(&mut process, &container_spec);
+        let filter =
+            crate::exec_process::seccomp_for(&mut process, &container_spec).map_err(|message| {
+                EngineError::Engine {
+                    id: id.clone(),
+                    step: "exec",
+                    message,
+                }
+            })?;
         let process_file = self
             .inner
             .root
             .join(format!("exec-{}.json", std::process::id()));
-        let json = serde_json::to_vec(&opts.process).map_err(|e| EngineError::Engine {
+        let json = serde_json::to_vec(&process).map_err(|e| EngineError::Engine {
             id: id.clone(),
             step: "write the exec process",
             message: e.to_string(),
@@ -285,7 +297,7 @@ impl Container {
                 };
                 b.with_console_socket(opts.console_socket.as_ref())
                     .with_preserved_fds(opts.preserve_fds)
-                    .with_executor(crate::executor::CleanSignals)
+                    .with_executor(crate::executor::Program::exec(filter))
                     .as_tenant()
                     .with_detach(opts.detached)
                     .with_process(Some(&process_file))
@@ -314,6 +326,54 @@ impl Container {
             id,
             step: "open the cgroup",
             message: crate::error::chain(&e),
+        })
+    }
+
+    /// The container's cgroup directory under a hierarchy mounted at
+    /// `mount`, as libcgroups' cgroupfs managers place it.
+    fn cgroup_dir(&self, mount: &Path) -> Result<PathBuf> {
+        let cgroup_path = self
+            .inner
+            .spec()
+            .map_err(|e| EngineError::engine(self.id(), "read the saved config", e))?
+            .cgroup_path;
+        let relative = cgroup_path.strip_prefix("/").unwrap_or(&cgroup_path);
+        Ok(mount.join(relative))
+    }
+
+    /// The counter of OOM kills in the container's memory cgroup, which
+    /// stays readable until the container is deleted.
+    pub fn oom_kills(&self) -> Result<Option<OomKills>> {
+        Ok(match self.cgroup()? {
+            AnyCgroupManager::V2(_) => Some(OomKills::v2(
+                &self.cgroup_dir(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT))?,
+            )),
+            AnyCgroupManager::V1(_) => {
+                let mount = libcgroups::v1::util::get_subsystem_mount_point(
+                    &libcgroups::v1::ControllerType::Memory,
+                )
+                .map_err(|e| EngineError::Engine {
+                    id: self.id().to_owned(),
+                    step: "find the memory cgroup",
+                    message: crate::error::chain(&e),
+                })?;
+                Some(OomKills::v1(&self.cgroup_dir(&mount)?))
+            }
+            // systemd names the cgroup (a scope under the slice): the
+            // init's own cgroup v2 path says where it is.
+            AnyCgroupManager::Systemd(_) => self
+                .pid()
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("0::"))
+                        .map(|path| {
+                            OomKills::v2(
+                                &Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT)
+                                    .join(path.trim_start_matches('/')),
+                            )
+                        })
+                }),
         })
     }
 
@@ -359,13 +419,7 @@ impl Container {
         let stats = match manager {
             // Read directly: libcgroups would need pressure files.
             AnyCgroupManager::V2(_) => {
-                let cgroup_path = self
-                    .inner
-                    .spec()
-                    .map_err(|e| EngineError::engine(&id, "read the saved config", e))?
-                    .cgroup_path;
-                let relative = cgroup_path.strip_prefix("/").unwrap_or(&cgroup_path);
-                let dir = Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(relative);
+                let dir = self.cgroup_dir(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT))?;
                 crate::stats::read_v2(&dir).map_err(|e| EngineError::Engine {
                     id,
                     step: "read statistics",

@@ -3,13 +3,11 @@
 //! image has at its destination. libcontainer does not know the option, so
 //! the engine prepares such a tmpfs itself before create, fills it from the
 //! root filesystem, and hands libcontainer a spec that bind-mounts it
-//! instead, from a private copy of the bundle's config.json.
-//!
-//! Everything lives in `<root>/<id>@copyup/` (`@` never appears in an id):
-//! `config.json` and one tmpfs per such mount, unmounted at delete.
+//! instead, in the private bundle ([`crate::private_bundle`]): one tmpfs
+//! per such mount there, unmounted at delete.
 
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::{Mount, Spec};
@@ -18,10 +16,6 @@ use crate::error::{EngineError, Result};
 
 pub const OPTION: &str = "tmpcopyup";
 
-pub fn dir(root: &Path, id: &str) -> PathBuf {
-    root.join(format!("{id}@copyup"))
-}
-
 fn wants_copyup(m: &Mount) -> bool {
     m.typ().as_deref() == Some("tmpfs")
         && m.options()
@@ -29,25 +23,26 @@ fn wants_copyup(m: &Mount) -> bool {
             .is_some_and(|o| o.iter().any(|x| x == OPTION))
 }
 
-/// If the spec has tmpcopyup mounts, prepares them and returns the private
-/// bundle to create from; otherwise None.
-pub fn prepare(root: &Path, id: &str, bundle: &Path, spec: &Spec) -> Result<Option<PathBuf>> {
-    let Some(mounts) = spec.mounts() else {
-        return Ok(None);
+/// Whether the spec has tmpcopyup mounts.
+pub(crate) fn wanted(spec: &Spec) -> bool {
+    spec.mounts()
+        .as_ref()
+        .is_some_and(|mounts| mounts.iter().any(wants_copyup))
+}
+
+/// Prepares the spec's tmpcopyup mounts under `private` and turns them
+/// into bind mounts of those; makes relative bind sources absolute, since
+/// the spec moves to `private`.
+pub(crate) fn rewrite_mounts(
+    id: &str,
+    private: &Path,
+    bundle: &Path,
+    rootfs: &Path,
+    spec: &mut Spec,
+) -> Result<()> {
+    let Some(mounts) = spec.mounts().clone() else {
+        return Ok(());
     };
-    if !mounts.iter().any(wants_copyup) {
-        return Ok(None);
-    }
-    let io = |step: &'static str| move |e: std::io::Error| EngineError::io(id, step, e);
-    let private = dir(root, id);
-    std::fs::create_dir(&private).map_err(io("create the copy-up directory"))?;
-    let rootfs = bundle.join(
-        spec.root()
-            .as_ref()
-            .map(|r| r.path().clone())
-            .unwrap_or_default(),
-    );
-    let mut spec = spec.clone();
     let mut new_mounts = Vec::new();
     for (n, m) in mounts.iter().enumerate() {
         let mut m = m.clone();
@@ -57,23 +52,12 @@ pub fn prepare(root: &Path, id: &str, bundle: &Path, spec: &Spec) -> Result<Opti
             }
         }
         if wants_copyup(&m) {
-            m = fill_tmpfs(id, &private.join(n.to_string()), &rootfs, &m)?;
+            m = fill_tmpfs(id, &private.join(n.to_string()), rootfs, &m)?;
         }
         new_mounts.push(m);
     }
     spec.set_mounts(Some(new_mounts));
-    if let Some(r) = spec.root().clone() {
-        let mut r = r;
-        r.set_path(rootfs);
-        spec.set_root(Some(r));
-    }
-    let text = serde_json::to_vec(&spec).map_err(|e| EngineError::Engine {
-        id: id.to_owned(),
-        step: "write the copy-up config",
-        message: e.to_string(),
-    })?;
-    std::fs::write(private.join("config.json"), text).map_err(io("write the copy-up config"))?;
-    Ok(Some(private))
+    Ok(())
 }
 
 /// Mounts a tmpfs at `at` with the mount's size/mode options, copies the
@@ -150,22 +134,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     chown(to, Some(meta.uid()), Some(meta.gid()))
 }
 
-/// Unmounts and removes the copy-up directory of `id`, if any.
-pub fn cleanup(root: &Path, id: &str) {
-    let private = dir(root, id);
-    let Ok(entries) = std::fs::read_dir(&private) else {
-        return;
-    };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let path = entry.path();
-        if path.is_dir() {
-            while umount2(&path, MntFlags::MNT_DETACH).is_ok() {}
-            let _ = std::fs::remove_dir(&path);
-        } else {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    let _ = std::fs::remove_dir(&private);
+/// Unmounts a copy-up tmpfs, however often it is stacked.
+pub(crate) fn unmount(at: &Path) {
+    while umount2(at, MntFlags::MNT_DETACH).is_ok() {}
 }
 
 #[cfg(test)]
@@ -188,7 +159,7 @@ mod tests {
                         "options": ["nosuid", "size=1m", "tmpcopyup"]}],
         }))
         .unwrap();
-        let private = prepare(root.path(), "c1", bundle.path(), &spec)
+        let private = crate::private_bundle::prepare(root.path(), "c1", bundle.path(), &spec)
             .unwrap()
             .unwrap();
         let rewritten: Spec =
@@ -207,7 +178,7 @@ mod tests {
             .file_type()
             .is_symlink());
         assert!(!m.options().as_ref().unwrap().contains(&OPTION.to_owned()));
-        cleanup(root.path(), "c1");
+        crate::private_bundle::cleanup(root.path(), "c1");
         assert!(!private.exists());
     }
 }

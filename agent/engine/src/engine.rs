@@ -11,9 +11,9 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Spec;
 
 use crate::container::{reaped_tolerant, Container};
-use crate::copyup;
 use crate::error::{EngineError, Result};
 use crate::lock::IdLock;
+use crate::private_bundle;
 
 /// What `create` needs beyond the id, as runc's `create` flags give it.
 #[derive(Debug, Default)]
@@ -66,10 +66,10 @@ impl Engine {
         if dir.exists() {
             return Err(EngineError::Exists { id: id.to_owned() });
         }
-        let private = match copyup::prepare(&self.root, id, &bundle, &spec) {
+        let private = match private_bundle::prepare(&self.root, id, &bundle, &spec) {
             Ok(private) => private,
             Err(e) => {
-                copyup::cleanup(&self.root, id);
+                private_bundle::cleanup(&self.root, id);
                 lock.remove();
                 return Err(e);
             }
@@ -80,7 +80,7 @@ impl Engine {
             .map_err(|e| EngineError::engine(id, "prepare create", e))?
             .with_console_socket(opts.console_socket.as_ref())
             .with_preserved_fds(opts.preserve_fds)
-            .with_executor(crate::executor::CleanSignals);
+            .with_executor(crate::executor::Program::default());
         if let Some([stdin, stdout, stderr]) = opts.stdio {
             builder = builder
                 .with_stdin(stdin)
@@ -111,7 +111,7 @@ impl Engine {
             Ok(inner) => Ok(Container::new(inner, lock)),
             Err(err) => {
                 self.undo_create(id, &dir);
-                copyup::cleanup(&self.root, id);
+                private_bundle::cleanup(&self.root, id);
                 lock.remove();
                 Err(err)
             }

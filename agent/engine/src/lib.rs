@@ -11,11 +11,17 @@
 //! - [`engine`]: create (undone whole on failure), load, list;
 //! - [`console`]: receiving a pty master over a console socket;
 //! - [`copyup`]: runc's tmpcopyup mount option;
+//! - [`private_bundle`]: the changed copy of config.json libcontainer gets
+//!   where it would refuse or misread the user's (tmpcopyup, recursive
+//!   rootfs propagation);
 //! - [`container`]: start, state, kill, pause, resume, delete, exec, pids,
 //!   update, stats;
 //! - [`stats`]: cgroup statistics in the JSON shape of `runc events`;
+//! - [`oom`]: the OOM killer's kills in a container's memory cgroup;
 //! - [`hooks`]: OCI hooks run outside create/start (for VM containers);
 //! - [`error`]: errors that name the container and the step;
+//! - `exec_process`: an exec gets the container's seccomp filter and, where
+//!   its process leaves them out, its capabilities, rlimits and LSM label;
 //! - `executor`: the container's program starts with default signal
 //!   dispositions and an empty signal mask, whatever its caller had.
 
@@ -24,12 +30,16 @@ pub mod container;
 pub mod copyup;
 pub mod engine;
 pub mod error;
+mod exec_process;
 mod executor;
 pub mod hooks;
 pub mod lock;
+pub mod oom;
+pub mod private_bundle;
 pub mod stats;
 
 pub use container::{Container, ExecOptions, OciState};
 pub use engine::{load_bundle_spec, validate_id, CreateOptions, Engine};
 pub use error::{EngineError, Result};
 pub use oci_spec::runtime::{LinuxResources, Process, Spec};
+pub use oom::OomKills;

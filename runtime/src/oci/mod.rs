@@ -34,7 +34,13 @@ pub const ISOLATION_ANNOTATION: &str = "io.kata-rs.isolation";
 pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
     let g = &cli.global;
     let root = g.root.as_path();
-    let engine = || Engine::new(root, g.systemd_cgroup).map_err(anyhow::Error::from);
+    // The driver matters where a container's cgroup is made; the engine
+    // of an existing container follows the one it was made with.
+    let engine = || Engine::new(root, false).map_err(anyhow::Error::from);
+    let creating_engine = || -> Result<Engine> {
+        let systemd = crate::cgroup_driver::systemd(g.systemd_cgroup, config)?;
+        Ok(Engine::new(root, systemd)?)
+    };
     let is_vm = |id: &str| vm::state::is_vm(root, id);
     match cli.command {
         Command::Check { .. } => unreachable!("handled by main"),
@@ -49,9 +55,9 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             let terminal = console::bundle_terminal(&args);
             console::needed(terminal, args.console_socket.as_deref(), false)?;
             match isolation(&args, config)? {
-                Isolation::Namespace => drop(namespace::create(&engine()?, &args)?),
+                Isolation::Namespace => drop(namespace::create(&creating_engine()?, &args)?),
                 Isolation::Vm => {
-                    engine()?;
+                    creating_engine()?;
                     vm::create(root, config, &args)?
                 }
             }
@@ -62,9 +68,11 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             let isolation = isolation(&create, config)?;
             let console = console::for_bundle(&mut create, !detach)?;
             return match isolation {
-                Isolation::Namespace => namespace::run(&engine()?, &create, detach, console),
+                Isolation::Namespace => {
+                    namespace::run(&creating_engine()?, &create, detach, console)
+                }
                 Isolation::Vm => {
-                    engine()?;
+                    creating_engine()?;
                     vm::run(root, config, &create, detach, console)
                 }
             };

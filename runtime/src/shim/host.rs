@@ -86,6 +86,9 @@ impl HostAgent {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if config.runtime.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
         // A signal to the shim's group (a terminal's Ctrl-C under `ctr run`)
         // is not the containers' to get.
         let mut child = crate::oci::vm::spawn_in_own_session(&mut cmd, &program)?;

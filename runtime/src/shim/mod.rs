@@ -9,6 +9,8 @@
 //! - [`network`]: the pod's CNI interfaces joined to taps for the VM;
 //! - [`options`]: the configuration file named by containerd's options;
 //! - [`service`]: the task API over a pod, and its events;
+//! - [`socket`]: the shim's socket, removed whatever order containerd
+//!   cleans up in;
 //! - [`stats`]: the agent's statistics as containerd's cgroup metrics.
 
 pub mod hooks;
@@ -18,6 +20,7 @@ pub mod network;
 pub mod options;
 pub mod pod;
 pub mod service;
+pub mod socket;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +32,7 @@ use containerd_shim::{api::DeleteResponse, ExitSignal, Flags, StartOpts};
 use crate::config::Config;
 use pod::Pod;
 use service::Service;
+use socket::ShimSocket;
 
 /// The runtime type containerd knows the shim by.
 pub const RUNTIME_ID: &str = "io.containerd.kata-rs.v2";
@@ -96,6 +100,10 @@ pub fn shim_config() -> containerd_shim::Config {
 pub struct Shim {
     id: String,
     namespace: String,
+    /// containerd's own address, of which the shim's socket is derived.
+    containerd_address: String,
+    /// The socket a serving shim listens on.
+    socket: ShimSocket,
     exit: Arc<ExitSignal>,
 }
 
@@ -106,6 +114,8 @@ impl containerd_shim::Shim for Shim {
         Shim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
+            containerd_address: args.address.clone(),
+            socket: ShimSocket::from_address(&args.socket),
             exit: Arc::default(),
         }
     }
@@ -128,6 +138,7 @@ impl containerd_shim::Shim for Shim {
         if pod == self.id {
             pod::clean_up_after(&pod_dir(&pod));
         }
+        ShimSocket::of(&self.containerd_address, &self.namespace, &pod).remove_if_stale();
         Ok(DeleteResponse {
             exit_status: 128 + 9,
             exited_at: service::timestamp(std::time::SystemTime::now()),
@@ -136,6 +147,8 @@ impl containerd_shim::Shim for Shim {
     }
 
     fn wait(&mut self) {
+        // The socket went before Shutdown answered; removing the path again
+        // now could take a newer shim's for the same pod.
         self.exit.wait();
     }
 
@@ -150,6 +163,12 @@ impl containerd_shim::Shim for Shim {
         // The serving shim runs in its first container's bundle directory,
         // whose annotations name the pod.
         let pod = Pod::new(pod_dir(&pod_id(Path::new("."), &self.id)), config);
-        Service::new(pod, publisher, &self.namespace, Arc::clone(&self.exit))
+        Service::new(
+            pod,
+            publisher,
+            &self.namespace,
+            Arc::clone(&self.exit),
+            self.socket.clone(),
+        )
     }
 }

@@ -372,13 +372,24 @@ impl Pod {
             (Some(running), _) => running,
             (None, asked) => asked.unwrap_or(self.config.runtime.isolation),
         };
-        let hooks = match isolation {
-            Isolation::Vm => {
-                share::refuse_guest_hooks(&spec).and_then(|()| HostHooks::of(bundle, &spec))
+        let systemd = crate::cgroup_driver::systemd(false, &self.config)
+            .with_context(|| format!("container {id}"))?;
+        if let Some(path) = spec["linux"]["cgroupsPath"].as_str() {
+            if !systemd && isolation == Isolation::Namespace && path.split(':').count() == 3 {
+                tracing::info!(
+                    container_id = id,
+                    path,
+                    "a systemd-style cgroupsPath, taken as a cgroupfs path as runc does \
+                     (runtime.systemd_cgroup is false)"
+                );
             }
-            Isolation::Namespace => refuse_systemd_cgroup(&spec).map(|()| None),
         }
-        .with_context(|| format!("container {id}"))?;
+        let hooks = match isolation {
+            Isolation::Vm => share::refuse_guest_hooks(&spec)
+                .and_then(|()| HostHooks::of(bundle, &spec))
+                .with_context(|| format!("container {id}"))?,
+            Isolation::Namespace => None,
+        };
         let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
         let made = self
             .create_in(id, bundle, &spec, fifos, isolation)
@@ -861,20 +872,6 @@ fn host_spec(bundle: &Path, spec: &Value) -> Value {
     spec
 }
 
-/// The host agent manages cgroupfs paths: the systemd cgroup driver's
-/// "slice:prefix:name" would become one outside the pod's slice.
-fn refuse_systemd_cgroup(spec: &Value) -> Result<()> {
-    if let Some(path) = spec["linux"]["cgroupsPath"].as_str() {
-        if path.split(':').count() == 3 {
-            bail!(
-                "cgroupsPath {path:?} is the systemd cgroup driver's; the shim in namespace \
-                 isolation takes cgroupfs paths only so far (kubelet's cgroupDriver: cgroupfs)"
-            );
-        }
-    }
-    Ok(())
-}
-
 /// The pod's containers live in the guest's own network namespace, which
 /// the pod's network is set up in (the VM is the pod's network boundary):
 /// the guest spec asks for no namespace of their own, whatever the host
@@ -1092,15 +1089,6 @@ mod tests {
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
         cell.release();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(3));
-    }
-
-    #[test]
-    fn systemd_cgroup_paths_are_refused_by_name() {
-        let systemd = json!({"linux": {"cgroupsPath": "kubepods.slice:cri-containerd:abc"}});
-        let err = refuse_systemd_cgroup(&systemd).unwrap_err().to_string();
-        assert!(err.contains("systemd cgroup driver"), "{err}");
-        let cgroupfs = json!({"linux": {"cgroupsPath": "/kubepods/besteffort/pod1/abc"}});
-        assert!(refuse_systemd_cgroup(&cgroupfs).is_ok());
     }
 
     #[test]

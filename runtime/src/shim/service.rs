@@ -26,6 +26,7 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 
 use super::io::Fifos;
 use super::pod::{Exited, Pod, RootfsMount};
+use super::socket::ShimSocket;
 use super::stats;
 use crate::error::{kind_of, Kind};
 
@@ -34,6 +35,7 @@ pub struct Service {
     pod: Arc<Mutex<Pod>>,
     events: Events,
     exit: Arc<ExitSignal>,
+    socket: ShimSocket,
 }
 
 /// Publishes task events to containerd, in the shim's namespace.
@@ -87,6 +89,7 @@ impl Service {
         publisher: RemotePublisher,
         namespace: &str,
         exit: Arc<ExitSignal>,
+        socket: ShimSocket,
     ) -> Self {
         Self {
             pod: Arc::new(Mutex::new(pod)),
@@ -95,6 +98,7 @@ impl Service {
                 namespace: namespace.to_owned(),
             },
             exit,
+            socket,
         }
     }
 
@@ -437,6 +441,9 @@ impl Task for Service {
         let mut pod = self.pod();
         if pod.containers.is_empty() {
             pod.shut_down();
+            // Before the answer: containerd may remove the bundle (and
+            // with it the address file) as soon as it has it.
+            self.socket.remove();
             self.exit.signal();
         }
         Ok(Empty::new())
