@@ -297,6 +297,64 @@ fn a_slice_style_cgroups_path_is_a_cgroupfs_path_unless_systemd_is_chosen() {
     );
 }
 
+/// `kata-rs events` reports each OOM kill in the container as an "oom"
+/// event, beside its statistics, as runc's does.
+#[test]
+fn events_report_oom_kills() {
+    let rt = Runtime::new();
+    let id = id("oom-events");
+    let mut bundle = Bundle::new(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.1; done; \
+             dd if=/dev/zero of=/dev/null bs=64M count=1; exec sleep 300",
+        ],
+    );
+    bundle.config["linux"]["resources"] = json!({"memory": {"limit": 16 << 20}});
+    bundle.save();
+    rt.create_ok(&id, &bundle);
+    rt.ok(&["start", &id]);
+    let mut events = rt
+        .command(&["events", "--interval", "1", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if tx
+                .send(event["type"].as_str().unwrap_or("?").to_owned())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(command_timeout())
+            .expect("an event in time")
+    };
+    assert_eq!(next(), "stats");
+    std::fs::write(bundle.rootfs().join("tmp/go"), "").unwrap();
+    let mut seen = vec![next()];
+    while seen.last().map(String::as_str) == Some("stats") {
+        seen.push(next());
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("oom"), "{seen:?}");
+    let _ = events.kill();
+    let _ = events.wait();
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+}
+
 /// Every rootfsPropagation runc takes runs (containerd sets rshared and
 /// rslave for pods with Bidirectional and HostToContainer mounts), and the
 /// container's root is a shared mount exactly when it asked for one. In VM

@@ -432,6 +432,12 @@ impl Container {
                 message: crate::error::chain(&e),
             })?,
         };
-        Ok(crate::stats::runc_json(&stats))
+        let mut json = crate::stats::runc_json(&stats);
+        // Not in runc's shape: `kata-rs events` tells OOM kills from it,
+        // in the guest as on the host.
+        if let Ok(Some(kills)) = self.oom_kills() {
+            json["memory"]["raw"]["oom_kill"] = kills.count().into();
+        }
+        Ok(json)
     }
 }

@@ -282,21 +282,36 @@ fn events(
     once: bool,
     interval: u64,
 ) -> Result<()> {
+    // OOM kills counted since the first statistics: each new one is an
+    // "oom" event, as runc prints them (for the kills after it started).
+    let mut oom_kills: Option<u64> = None;
     loop {
-        let data = if vm::state::is_vm(root, id) {
+        let (running, data) = if vm::state::is_vm(root, id) {
             let vm = vm::Vm::load(root, id)?;
-            if vm.status() == "stopped" {
-                bail!("container {id} is not running");
-            }
-            vm.stats()?
+            (vm.status() != "stopped", vm.stats())
         } else {
             let container = engine.load(id)?;
-            if container.status() == "stopped" {
-                bail!("container {id} is not running");
-            }
-            container.stats()?
+            (
+                container.status() != "stopped",
+                container.stats().map_err(anyhow::Error::from),
+            )
         };
-        let event = serde_json::json!({"type": "stats", "id": id, "data": data});
+        // A container the OOM killer just ended still has its cgroup to
+        // read its last kills from.
+        let kills = data
+            .as_ref()
+            .ok()
+            .and_then(|d| d["memory"]["raw"]["oom_kill"].as_u64());
+        if let (Some(before), Some(now)) = (oom_kills, kills) {
+            for _ in before..now {
+                println!("{}", serde_json::json!({"type": "oom", "id": id}));
+            }
+        }
+        oom_kills = kills.or(oom_kills);
+        if !running {
+            bail!("container {id} is not running");
+        }
+        let event = serde_json::json!({"type": "stats", "id": id, "data": data?});
         println!("{event}");
         if once {
             return Ok(());

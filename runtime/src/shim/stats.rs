@@ -3,7 +3,9 @@
 //! cgroup hierarchy, in a protobuf Any.
 
 use anyhow::Result;
-use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
+use containerd_shim::protos::cgroups_v2::metrics::{
+    CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
 use serde_json::Value;
@@ -53,6 +55,11 @@ pub fn metrics(stats: &Value) -> Metrics {
             pgmajfault: n(&raw["pgmajfault"]),
             ..Default::default()
         }),
+        // The engine's count of the OOM killer's kills in the cgroup.
+        memory_events: MessageField::some(MemoryEvents {
+            oom_kill: n(&raw["oom_kill"]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -73,7 +80,7 @@ mod tests {
             "cpu": {"usage": {"total": 5_000_000, "user": 3_000_000, "kernel": 2_000_000},
                     "throttling": {"periods": 4, "throttledPeriods": 1, "throttledTime": 7000}},
             "memory": {"usage": {"usage": 4096, "limit": 1 << 20, "max": 8192},
-                       "raw": {"anon": 100, "file": 200}},
+                       "raw": {"anon": 100, "file": 200, "oom_kill": 2}},
             "pids": {"current": 3, "limit": 10},
         });
         let m = metrics(&stats);
@@ -87,6 +94,7 @@ mod tests {
             (4096, 1 << 20, 100)
         );
         assert_eq!((m.pids.current, m.pids.limit), (3, 10));
+        assert_eq!(m.memory_events.oom_kill, 2);
         let any = to_metrics_any(&stats).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
     }
