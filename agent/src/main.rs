@@ -22,6 +22,9 @@ use kata_rs_agent::service::{self, Teardown, AGENT_VERSION};
 use kata_rs_agent::stdio::{StdioAddr, StreamRegistry};
 use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 #[derive(Debug, Parser)]
 #[command(name = "kata-rs-agent", version, about)]
@@ -219,11 +222,14 @@ fn init_logging(level: &str) -> Result<()> {
             .try_clone_to_owned()
             .context("duplicating stderr for the log")?,
     )));
-    tracing_subscriber::fmt()
-        .with_max_level(filter)
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(move || log)
         .with_ansi(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(console)
+        .with(kata_rs_engine::init_cause::layer())
         .try_init()
         .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))?;
     if let Some(bad) = bad {

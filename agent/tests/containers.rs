@@ -116,6 +116,15 @@ impl Agent {
             .map(|r| (r.exit_status, r.oom_killed))
     }
 
+    /// Sends `signal` to process `exec_id` ("" for the init) of `id`.
+    fn signal(&self, id: &str, exec_id: &str, signal: u32) -> ttrpc::Result<()> {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.signal = signal;
+        self.client.agent.signal_process(ctx(), &req).map(|_| ())
+    }
+
     fn status(&self, id: &str) -> ttrpc::Result<String> {
         let mut req = ContainerRequest::new();
         req.container_id = id.into();
@@ -277,17 +286,12 @@ fn exec_close_stdin_signals_and_forced_removal() {
     req.container_id = "box".into();
     let pids = agent.client.agent.list_processes(ctx(), &req).unwrap().pids;
     assert!(pids.contains(&pid), "exec pid {pid} not among {pids:?}");
-    let mut req = SignalProcessRequest::new();
-    req.container_id = "box".into();
-    req.exec_id = "e3".into();
-    req.signal = 15;
-    agent.client.agent.signal_process(ctx(), &req).unwrap();
+    agent.signal("box", "e3", 15).unwrap();
     // Finished but not yet waited for: still known, and not found for a
     // signal. SIGCONT until the agent has seen the exit.
-    req.signal = 18;
     let deadline = Instant::now() + Duration::from_secs(10);
     let (c, msg) = loop {
-        match agent.client.agent.signal_process(ctx(), &req) {
+        match agent.signal("box", "e3", 18) {
             Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             other => break code(other),
         }
@@ -328,14 +332,28 @@ fn a_tty_exec_with_cri_length_ids_gets_a_terminal() {
 
 #[test]
 #[ignore = "needs root: creates namespace containers"]
+fn a_failed_create_says_why_over_the_rpc() {
+    let agent = Agent::spawn();
+    let rootfs = agent.rootfs("why");
+    let _ = std::fs::remove_dir(rootfs.join("proc"));
+    std::os::unix::fs::symlink("/tmp", rootfs.join("proc")).unwrap();
+    let (_, msg) = code(agent.create_spec("why", &spec("why", &rootfs, &["true"])));
+    assert!(
+        msg.contains(
+            "failed to prepare rootfs: filesystem proc must be mounted on ordinary directory"
+        ),
+        "{msg}"
+    );
+    assert_eq!(code(agent.status("why")).0, Code::NOT_FOUND);
+}
+
+#[test]
+#[ignore = "needs root: creates namespace containers"]
 fn killed_init_reports_128_plus_signal() {
     let agent = Agent::spawn();
     agent.create("k", &["sleep", "1000"]).unwrap();
     agent.start("k").unwrap();
-    let mut req = SignalProcessRequest::new();
-    req.container_id = "k".into();
-    req.signal = 9;
-    agent.client.agent.signal_process(ctx(), &req).unwrap();
+    agent.signal("k", "", 9).unwrap();
     assert_eq!(agent.wait_exit("k", "").unwrap(), (137, false));
     agent.remove("k", false).unwrap();
 }
@@ -361,10 +379,7 @@ fn an_oom_kill_in_the_container_is_reported_by_wait_process() {
         )
         .unwrap();
     assert_eq!(agent.wait_exit("hog", "hungry").unwrap(), (137, true));
-    let mut req = SignalProcessRequest::new();
-    req.container_id = "hog".into();
-    req.signal = 9;
-    agent.client.agent.signal_process(ctx(), &req).unwrap();
+    agent.signal("hog", "", 9).unwrap();
     assert_eq!(agent.wait_exit("hog", "").unwrap(), (137, true));
     agent.remove("hog", false).unwrap();
 }
@@ -398,10 +413,7 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(agent.wait("twice", "").unwrap(), 0);
     // A finished process is not found, as runc's shim answers a kill of
     // one: containerd takes that for "already gone".
-    let mut req = SignalProcessRequest::new();
-    req.container_id = "twice".into();
-    req.signal = 15;
-    let (c, msg) = code(agent.client.agent.signal_process(ctx(), &req));
+    let (c, msg) = code(agent.signal("twice", "", 15));
     assert_eq!(c, Code::NOT_FOUND, "{msg}");
     assert!(msg.contains("already finished"), "{msg}");
     if let Err(e) = agent.remove("twice", false) {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser as _;
 use kata_rs::check;
 use kata_rs::config::Config;
-use kata_rs::oci::cli::{Cli, Command};
+use kata_rs::oci::cli::{Cli, Command, LogFormat};
 use kata_rs::oci::{self, log};
 use kata_rs::sandbox::{SandboxSpec, VmSandbox};
 
@@ -21,7 +21,7 @@ fn main() {
             // runtime show its stderr or log as the reason.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
-            eprintln!("kata-rs: {}", first.trim_start_matches("error: "));
+            report(None, LogFormat::Text, first.trim_start_matches("error: "));
             std::process::exit(2);
         }
     };
@@ -33,18 +33,28 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             let msg = format!("{e:#}");
-            // containerd and conmon read the error from the log file (the
-            // last error line's msg); stderr gets it for a person.
-            if global.log.is_some() {
+            if monitor {
                 tracing::error!("{msg}");
-            }
-            if !monitor {
-                eprintln!("kata-rs: {msg}");
+            } else {
+                report(global.log.as_deref(), global.log_format, &msg);
             }
             1
         }
     };
     std::process::exit(code);
+}
+
+/// Says why a command failed as runc does: one error line in the log's
+/// format on stderr, or, with --log, the line in the log (containerd and
+/// conmon read the last error line's msg) and the bare message on stderr.
+fn report(log_file: Option<&Path>, format: LogFormat, msg: &str) {
+    match log_file {
+        Some(_) => {
+            tracing::error!("{msg}");
+            eprintln!("{msg}");
+        }
+        None => eprintln!("{}", log::line(format, "error", msg, &[])),
+    }
 }
 
 fn run(cli: Cli) -> Result<i32> {

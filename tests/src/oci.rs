@@ -24,6 +24,30 @@ pub fn runtime_binary() -> PathBuf {
     path
 }
 
+/// The msg of an error line in runc's stderr form, logrus's text
+/// (`time="..." level=error msg="..."`), or None if `line` is not one.
+pub fn runc_error_msg(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("time=\"")?;
+    let (_, rest) = rest.split_once("\" level=error msg=")?;
+    let Some(quoted) = rest.strip_prefix('"') else {
+        return Some(rest.split(' ').next().unwrap_or_default().to_owned());
+    };
+    let mut msg = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(msg),
+            '\\' => match chars.next()? {
+                'n' => msg.push('\n'),
+                't' => msg.push('\t'),
+                other => msg.push(other),
+            },
+            c => msg.push(c),
+        }
+    }
+    None
+}
+
 /// The isolation these tests run with: $KATA_RS_TEST_ISOLATION (vm or
 /// namespace), namespace by default.
 pub fn isolation() -> String {

@@ -36,17 +36,20 @@ fn exec_bare_process(rt: &Runtime, bundle: &Bundle, id: &str, args: &[&str]) -> 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A failed command: non-zero, and one line on stderr that says `needle`.
-fn assert_one_line_error(out: &std::process::Output, needle: &str) {
+/// A failed command: non-zero, and one error line on stderr in runc's
+/// form that says `needle`. Returns the line's msg.
+fn assert_one_line_error(out: &std::process::Output, needle: &str) -> String {
     assert!(!out.status.success(), "expected a failure: {out:?}");
     let err = stderr(out);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
+    let msg = runc_error_msg(lines[0])
+        .unwrap_or_else(|| panic!("{:?} is not an error line as runc writes one", lines[0]));
     assert!(
-        lines[0].starts_with("kata-rs: ") && lines[0].contains(needle),
-        "error {:?} does not say {needle:?}",
-        lines[0]
+        msg.contains(needle),
+        "error {msg:?} does not say {needle:?}"
     );
+    msg
 }
 
 #[test]
@@ -683,12 +686,58 @@ fn bad_input_gets_one_clear_error_and_changes_nothing() {
 }
 
 #[test]
+fn a_failed_init_says_why() {
+    let rt = Runtime::new();
+    let id = id("why");
+    let bundle = Bundle::new(&id, &["true"]);
+    let proc_dir = bundle.path().join("rootfs/proc");
+    let _ = std::fs::remove_dir(&proc_dir);
+    std::os::unix::fs::symlink("/tmp", &proc_dir).unwrap();
+    let msg = assert_one_line_error(&rt.create(&id, &bundle), "failed to prepare rootfs");
+    assert!(
+        msg.contains("proc must be mounted on ordinary directory"),
+        "{msg:?} does not say why"
+    );
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
+fn a_capability_the_kernel_refuses_is_named_with_its_errno() {
+    if isolation() == "vm" {
+        println!("SKIP: the agent holds every capability in the guest: nothing there is refused");
+        return;
+    }
+    let rt = Runtime::new();
+    let id = id("caps");
+    let mut bundle = Bundle::new(&id, &["true"]);
+    for set in ["bounding", "permitted", "effective"] {
+        bundle.config["process"]["capabilities"][set] = json!(["CAP_SYS_MODULE"]);
+    }
+    bundle.save();
+    // kata-rs without CAP_SYS_MODULE in its bounding set cannot give it.
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--bounding-set", "-sys_module"])
+        .arg(runtime_binary())
+        .args(rt.command(&[]).get_args())
+        .args(["create", "--isolation=namespace", "--bundle"])
+        .arg(bundle.path())
+        .arg(&id)
+        .stdin(Stdio::null());
+    let msg = assert_one_line_error(&cmd.output().unwrap(), "capabilities");
+    assert!(msg.contains("EPERM"), "{msg:?} does not name EPERM");
+    rt.assert_clean(&id, &bundle);
+}
+
+#[test]
 fn errors_reach_a_json_log_as_containerd_reads_it() {
     let mut rt = Runtime::new();
     let log = rt.root.path().with_extension("log.json");
     rt.log = Some(log.clone());
     let out = rt.run(&["state", "no-such-container"]);
     assert!(!out.status.success());
+    // As runc: with --log, the line goes to the log and stderr gets the
+    // bare message.
+    assert_eq!(stderr(&out), "container no-such-container does not exist\n");
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();

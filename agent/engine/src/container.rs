@@ -285,6 +285,8 @@ impl Container {
         })?;
         std::fs::write(&process_file, json)
             .map_err(|e| EngineError::io(&id, "write the exec process", e))?;
+        let capture = crate::init_cause::Capture::start()
+            .map_err(|e| EngineError::io(&id, "open a pipe for the init's errors", e))?;
         let built = ContainerBuilder::new(id.clone(), SyscallType::default())
             .with_root_path(self.inner.root.parent().unwrap_or(Path::new("/")))
             .and_then(|b| b.with_pid_file(opts.pid_file.as_ref()))
@@ -306,7 +308,7 @@ impl Container {
         let _ = std::fs::remove_file(&process_file);
         let pid = built
             .and_then(|r| r)
-            .map_err(|e| EngineError::engine(&id, "exec", e))?;
+            .map_err(|e| EngineError::init(&id, "exec", e, capture.cause()))?;
         Ok(pid.as_raw())
     }
 

@@ -61,6 +61,8 @@ impl Engine {
         let bundle = std::path::absolute(&opts.bundle)
             .map_err(|e| EngineError::io(id, "resolve the bundle path", e))?;
         let spec = load_bundle_spec(id, &bundle)?;
+        let capture = crate::init_cause::Capture::start()
+            .map_err(|e| EngineError::io(id, "open a pipe for the init's errors", e))?;
         let lock = IdLock::acquire(&self.root, id)?;
         let dir = self.root.join(id);
         if dir.exists() {
@@ -96,7 +98,7 @@ impl Engine {
         let result = built
             .map_err(|err| match err {
                 LibcontainerError::Exist => EngineError::Exists { id: id.to_owned() },
-                other => EngineError::engine(id, "create", other),
+                other => EngineError::init(id, "create", other, capture.cause()),
             })
             .and_then(|inner| {
                 if private.is_none() {

@@ -44,6 +44,21 @@ impl EngineError {
         }
     }
 
+    /// [`EngineError::engine`] for a create or exec, adding the cause its
+    /// init process reported (see `init_cause`).
+    pub(crate) fn init(
+        id: &str,
+        step: &'static str,
+        err: LibcontainerError,
+        cause: Option<String>,
+    ) -> Self {
+        EngineError::Engine {
+            id: id.to_owned(),
+            step,
+            message: crate::init_cause::with_cause(chain(&err), cause),
+        }
+    }
+
     pub(crate) fn io(id: &str, step: &'static str, source: std::io::Error) -> Self {
         EngineError::Io {
             id: id.to_owned(),

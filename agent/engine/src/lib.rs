@@ -20,6 +20,8 @@
 //! - [`oom`]: the OOM killer's kills in a container's memory cgroup;
 //! - [`hooks`]: OCI hooks run outside create/start (for VM containers);
 //! - [`error`]: errors that name the container and the step;
+//! - [`init_cause`]: why a container's init failed, which libcontainer
+//!   logs but does not pass on;
 //! - `exec_process`: an exec gets the container's seccomp filter and, where
 //!   its process leaves them out, its capabilities, rlimits and LSM label;
 //! - `executor`: the container's program starts with default signal
@@ -33,6 +35,7 @@ pub mod error;
 mod exec_process;
 mod executor;
 pub mod hooks;
+pub mod init_cause;
 pub mod lock;
 pub mod oom;
 pub mod private_bundle;

@@ -1,6 +1,8 @@
-//! The runtime's log: stderr or `--log FILE`, as text or as the JSON lines
-//! containerd and conmon read back (`{"level":..,"msg":..,"time":..}`; on
-//! a failed command they show the last error line's msg).
+//! The runtime's log: stderr or `--log FILE`, in runc's two formats, so
+//! that what reads runc's log reads ours: text as logrus writes it
+//! (`time="..." level=error msg="..."`) and the JSON lines containerd and
+//! conmon read back (`{"level":..,"msg":..,"time":..}`; on a failed command
+//! they show the last error line's msg).
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -11,19 +13,20 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use super::cli::LogFormat;
 
-/// Formats an event as one JSON object: level, msg (the message followed by
-/// its fields as key=value), time.
-struct JsonLines;
+/// Formats an event as one line of `format`.
+struct Lines(LogFormat);
 
 #[derive(Default)]
 struct Message {
     msg: String,
-    fields: Vec<String>,
+    fields: Vec<(String, String)>,
 }
 
 impl Visit for Message {
@@ -31,28 +34,79 @@ impl Visit for Message {
         if field.name() == "message" {
             self.msg = format!("{value:?}");
         } else {
-            self.fields.push(format!("{}={value:?}", field.name()));
+            self.fields
+                .push((field.name().to_owned(), format!("{value:?}")));
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.msg = value.to_owned();
         } else {
-            self.fields.push(format!("{}={value}", field.name()));
+            self.fields
+                .push((field.name().to_owned(), value.to_owned()));
         }
     }
 }
 
-pub fn json_line(level: &str, msg: &str) -> String {
-    serde_json::json!({
-        "level": level,
-        "msg": msg,
-        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-    })
-    .to_string()
+/// One log line in `format`. JSON has no room for fields beside msg, so
+/// they follow the message as key=value.
+pub fn line(format: LogFormat, level: &str, msg: &str, fields: &[(String, String)]) -> String {
+    match format {
+        LogFormat::Json => {
+            let mut msg = msg.to_owned();
+            for (key, value) in fields {
+                msg.push_str(&format!(" {key}={value}"));
+            }
+            serde_json::json!({
+                "level": level,
+                "msg": msg,
+                "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            })
+            .to_string()
+        }
+        LogFormat::Text => {
+            let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let mut line = format!(
+                "time={} level={level} msg={}",
+                logfmt_value(&time),
+                logfmt_value(msg)
+            );
+            for (key, value) in fields {
+                line.push_str(&format!(" {key}={}", logfmt_value(value)));
+            }
+            line
+        }
+    }
 }
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+/// A value as logrus's text format writes it: bare where it is one plain
+/// word, else quoted with Go's escapes.
+fn logfmt_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._/@^+".contains(c));
+    if plain {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl<S, N> FormatEvent<S, N> for Lines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -65,23 +119,20 @@ where
     ) -> fmt::Result {
         let mut message = Message::default();
         event.record(&mut message);
-        let mut msg = message.msg;
-        for field in message.fields {
-            msg.push(' ');
-            msg.push_str(&field);
-        }
         let level = event.metadata().level().as_str().to_ascii_lowercase();
-        writeln!(writer, "{}", json_line(&level, &msg))
+        writeln!(
+            writer,
+            "{}",
+            line(self.0, &level, &message.msg, &message.fields)
+        )
     }
 }
 
 /// Installs the global subscriber. `level` is an EnvFilter directive
-/// (info, debug, kata_rs=trace, ...).
+/// (info, debug, kata_rs=trace, ...); it filters the log only, not the
+/// engine's capture of why a container's init failed.
 pub fn init(path: Option<&Path>, format: LogFormat, level: &str) -> std::io::Result<()> {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
     let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match path {
         Some(path) => {
             let file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -90,14 +141,15 @@ pub fn init(path: Option<&Path>, format: LogFormat, level: &str) -> std::io::Res
         }
         None => Box::new(|| Box::new(std::io::stderr())),
     };
-    let result = match format {
-        LogFormat::Json => builder
-            .event_format(JsonLines)
-            .with_writer(writer)
-            .try_init(),
-        LogFormat::Text => builder.with_writer(writer).try_init(),
-    };
-    result.map_err(|e| std::io::Error::other(e.to_string()))
+    let log = tracing_subscriber::fmt::layer()
+        .event_format(Lines(format))
+        .with_writer(writer)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(log)
+        .with(kata_rs_engine::init_cause::layer())
+        .try_init()
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 struct SharedFile(std::sync::Arc<Mutex<std::fs::File>>);
@@ -119,10 +171,22 @@ mod tests {
 
     #[test]
     fn json_lines_carry_level_msg_and_time() {
-        let line = json_line("error", "container x does not exist");
+        let line = line(LogFormat::Json, "error", "container x does not exist", &[]);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["level"], "error");
         assert_eq!(v["msg"], "container x does not exist");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn text_lines_are_logrus_lines() {
+        let fields = [("id".to_owned(), "c1".to_owned())];
+        let line = line(LogFormat::Text, "error", "say \"no\"\nplease", &fields);
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert!(
+            time.starts_with("time=\"") && time.ends_with("Z\""),
+            "{line}"
+        );
+        assert_eq!(rest, r#"level=error msg="say \"no\"\nplease" id=c1"#);
     }
 }
