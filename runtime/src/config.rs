@@ -41,6 +41,10 @@ pub struct Hypervisor {
     pub initrd: PathBuf,
     pub vcpus: u8,
     pub memory_mib: u64,
+    /// Host memory a sandbox needs beside its guest's RAM (the VMM,
+    /// virtiofsd, the shim or monitor): what the sandbox's host cgroup
+    /// keeps for them (see `host_cgroup`).
+    pub host_overhead_mib: u64,
     /// Extra kernel command line arguments, appended to the VMM's defaults.
     pub kernel_params: String,
 }
@@ -106,6 +110,7 @@ impl Default for Hypervisor {
             initrd: PathBuf::from("/usr/local/share/kata-rs/initrd.img"),
             vcpus: 1,
             memory_mib: 256,
+            host_overhead_mib: 32,
             kernel_params: String::new(),
         }
     }

@@ -7,6 +7,8 @@
 //! - [`kvm`]: what kind of KVM the host has;
 //! - [`check`]: `kata-rs check`, what this host can run;
 //! - [`sandbox`]: a VM sandbox: the VMM process and the agent in it;
+//! - [`host_cgroup`]: the host cgroup a VM sandbox's processes live in, and
+//!   the guest's size under its memory limit;
 //! - [`oci`]: the runc-compatible OCI command line;
 //! - [`shim`]: `containerd-shim-kata-rs-v2`, one microVM per pod.
 
@@ -14,6 +16,7 @@ pub mod cgroup_driver;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod host_cgroup;
 pub mod kvm;
 pub mod oci;
 pub mod sandbox;

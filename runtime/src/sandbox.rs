@@ -181,6 +181,7 @@ impl VmSandbox {
             .spawn()
             .map_err(|source| SandboxError::Spawn { path: vmm, source })?;
         tracing::info!(pid = child.id(), dir = %dir.display(), "VMM started");
+        crate::host_cgroup::oom_victim_before_caller(child.id());
         Ok(Self {
             vmm: child,
             dir: dir.to_owned(),

@@ -7,6 +7,7 @@
 //! `--ignored` where KVM boots a standard guest (hardware, or the emulated
 //! KVM host).
 
+pub mod cgroup;
 pub mod cri;
 pub mod oci;
 pub mod peers;
@@ -136,6 +137,7 @@ pub fn hypervisor(vcpus: u8, memory_mib: u64) -> Hypervisor {
         vcpus,
         memory_mib,
         kernel_params: extra_kernel_params(),
+        ..Hypervisor::default()
     }
 }
 

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kata_rs_tests::cgroup;
 use kata_rs_tests::cri::v1::*;
 use kata_rs_tests::cri::{self, Cri};
 use kata_rs_tests::oci::{isolation, processes_mentioning, runtime_binary};
@@ -155,9 +156,28 @@ impl Node {
         (pod, id)
     }
 
+    /// Waits until CRI sees container `id` exited; its status then.
+    fn exited(&self, id: &str) -> ContainerStatus {
+        wait_until(TIMEOUT, &format!("CRI to see {id} exited"), || {
+            self.cri
+                .container_status(id)
+                .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
+        });
+        self.cri.container_status(id).unwrap()
+    }
+
     fn boot_id(&self, id: &str) -> String {
         self.exec(id, &["cat", "/proc/sys/kernel/random/boot_id"]).1
     }
+}
+
+/// The status of a container the OOM killer ended, as a kubelet shows it.
+fn assert_oom_killed(status: &ContainerStatus) {
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (137, "OOMKilled"),
+        "{status:?}"
+    );
 }
 
 /// The host end of the veth the test CNI plugin made for `pod`'s eth0.
@@ -441,21 +461,14 @@ fn a_pod_whose_container_exited_on_its_own_stops_and_goes() {
             .run_pod(&config, node.handler)
             .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"));
         let cgroup = |id: &str| format!("kata-rs-test.slice:cri-containerd:{id}");
-        if !node.vm() {
-            assert!(
-                !host_cgroups(&cgroup(&pod)).is_empty(),
-                "the pod's sandbox has no cgroup {}",
-                cgroup(&pod)
-            );
-        }
+        assert!(
+            !host_cgroups(&cgroup(&pod)).is_empty(),
+            "the pod's sandbox has no cgroup {}",
+            cgroup(&pod)
+        );
         let id = node.start(&pod, &config, "quitter", &["sh", "-c", "exit 3"]);
         if seen {
-            wait_until(TIMEOUT, "CRI to see the container exited", || {
-                node.cri
-                    .container_status(&id)
-                    .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
-            });
-            assert_eq!(node.cri.container_status(&id).unwrap().exit_code, 3);
+            assert_eq!(node.exited(&id).exit_code, 3);
 
             // A container over its memory limit: the OOM killer ends it,
             // and CRI says so (the reason a kubelet shows as OOMKilled).
@@ -472,17 +485,7 @@ fn a_pod_whose_container_exited_on_its_own_stops_and_goes() {
                 ..Default::default()
             });
             let hog = node.start_config(&pod, &config, &hog);
-            wait_until(TIMEOUT, "CRI to see the hog exited", || {
-                node.cri
-                    .container_status(&hog)
-                    .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
-            });
-            let status = node.cri.container_status(&hog).unwrap();
-            assert_eq!(
-                (status.exit_code, status.reason.as_str()),
-                (137, "OOMKilled"),
-                "{status:?}"
-            );
+            assert_oom_killed(&node.exited(&hog));
         }
         node.remove(&pod);
         for left in [&pod, &id] {
@@ -492,6 +495,84 @@ fn a_pod_whose_container_exited_on_its_own_stops_and_goes() {
             );
         }
     }
+    node.finish();
+}
+
+/// A VM pod's shim, VMM and virtiofsd live in its sandbox's cgroup on the
+/// host, under the pod cgroup the kubelet bounds (here made by the test as
+/// the kubelet makes it), so that the pod's memory usage counts them and
+/// its limit holds them; the guest is sized to fit under that limit.
+#[test]
+fn a_vm_pods_host_processes_live_in_its_cgroup_under_its_limit() {
+    let node = node();
+    if !node.vm() {
+        println!("SKIP: in namespace isolation the pod's containers have their own host cgroups, as with runc");
+        return;
+    }
+    let parent = format!("kata-rs-test-pod-{}", std::process::id());
+    let parent_dir = cgroup::memory_root().join(&parent);
+    // The pod's containers' limits plus a RuntimeClass overhead, as the
+    // kubelet writes them.
+    let pod_limit: u64 = 224 << 20;
+    cgroup::make_with_memory_limit(&parent_dir, pod_limit);
+    let mut config = node.pod_config("bounded");
+    config.linux.as_mut().unwrap().cgroup_parent = format!("/{parent}");
+    let pod = node
+        .cri
+        .run_pod(&config, node.handler)
+        .unwrap_or_else(|e| panic!("RunPodSandbox bounded: {e}"));
+    let id = node.start(&pod, &config, "sleeper", &["sleep", "1000"]);
+    let sandbox_dir = parent_dir.join(&pod);
+    let members = cgroup::members(&sandbox_dir);
+    let has = |what: &str| members.iter().any(|(_, cmd)| cmd.contains(what));
+    for what in ["containerd-shim-kata-rs-v2", "kata-rs-vmm", "virtiofsd"] {
+        assert!(
+            has(what),
+            "no {what} in {}: {members:?}",
+            sandbox_dir.display()
+        );
+    }
+    // Everything they touched since they were born there is charged to
+    // the pod: the guest's RAM among it.
+    let born_there: u64 = members
+        .iter()
+        .filter(|(_, cmd)| !cmd.contains("containerd-shim"))
+        .map(|(pid, _)| cgroup::rss_anon(*pid))
+        .sum();
+    let usage = cgroup::memory_usage(&parent_dir);
+    assert!(
+        usage >= born_there,
+        "the pod's memory usage {usage} does not count its VMM and virtiofsd ({born_there})"
+    );
+    let meminfo = node.exec(&id, &["grep", "MemTotal", "/proc/meminfo"]).1;
+    let kib: u64 = meminfo.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let overhead = kata_rs::config::Hypervisor::default().host_overhead_mib << 20;
+    assert!(
+        kib << 10 <= pod_limit - overhead,
+        "the guest's {kib} kB of RAM do not leave the host's overhead under the pod's limit"
+    );
+    // A guest that touches nearly all of its RAM costs the host at most
+    // its size: the host's OOM killer leaves the VMM alone.
+    let most = format!("bs={}", (kib << 10) * 3 / 4);
+    node.exec(
+        &id,
+        &["dd", "if=/dev/zero", "of=/dev/null", &most, "count=1"],
+    );
+    assert_eq!(
+        cgroup::oom_kills(&parent_dir),
+        0,
+        "the host's OOM killer came"
+    );
+    assert_eq!(node.exec(&id, &["hostname"]).1.trim(), "bounded");
+    // If the host's OOM killer ends the VMM all the same (here: the
+    // sandbox's cgroup limited below what it uses, which on cgroup v2 has
+    // it kill at once), the pod's containers are reported OOMKilled.
+    assert!(cgroup::unified(), "the emulated KVM host runs cgroup v2");
+    cgroup::limit_memory(&sandbox_dir, cgroup::memory_usage(&sandbox_dir) / 2);
+    assert_oom_killed(&node.exited(&id));
+    node.remove(&pod);
+    assert!(!sandbox_dir.exists(), "{} is left", sandbox_dir.display());
+    std::fs::remove_dir(&parent_dir).unwrap();
     node.finish();
 }
 
@@ -507,11 +588,7 @@ fn a_killed_vmm_or_host_agent_ends_the_pods_containers_and_leaves_nothing() {
         &pod_backend(&pod, node.vm()),
         "VMM or host agent for the pod",
     );
-    wait_until(TIMEOUT, "CRI to see the container exited", || {
-        node.cri
-            .container_status(&id)
-            .is_ok_and(|s| s.state == ContainerState::ContainerExited as i32)
-    });
+    node.exited(&id);
     assert_no_container_left(&[&id]);
     node.remove(&pod);
     node.finish();

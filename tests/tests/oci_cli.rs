@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
+use kata_rs_tests::cgroup;
 use kata_rs_tests::oci::*;
 use kata_rs_tests::peers::{tty_sizes, TtySession, STTY_LOOP};
 use serde_json::json;
@@ -302,6 +303,44 @@ fn a_slice_style_cgroups_path_is_a_cgroupfs_path_unless_systemd_is_chosen() {
 
 /// `kata-rs events` reports each OOM kill in the container as an "oom"
 /// event, beside its statistics, as runc's does.
+/// A memory limit holds every host process of the container: with
+/// namespace isolation its own, as runc's; in a VM the monitor, the VMM
+/// and virtiofsd, under a limit that holds the whole guest.
+#[test]
+fn a_memory_limit_holds_every_host_process_of_the_container() {
+    let rt = Runtime::new();
+    let id = id("bounded");
+    let mut bundle = Bundle::new(&id, &["sleep", "300"]);
+    bundle.config["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}});
+    bundle.save();
+    rt.create_ok(&id, &bundle);
+    let pid = rt.state(&id)["pid"].as_u64().unwrap() as u32;
+    let dir = cgroup::memory_cgroup_of(pid);
+    assert_eq!(dir, cgroup::memory_root().join("kata-rs-test").join(&id));
+    let limit = cgroup::memory_limit(&dir).expect("a memory limit");
+    let members = cgroup::members(&dir);
+    let has = |what: &str| members.iter().any(|(_, cmd)| cmd.contains(what));
+    if isolation() == "vm" {
+        assert!(
+            has("kata-rs-vmm") && has("virtiofsd") && has("vm-monitor"),
+            "{members:?}"
+        );
+        rt.ok(&["start", &id]);
+        let meminfo = rt.ok(&["exec", &id, "grep", "MemTotal", "/proc/meminfo"]);
+        let meminfo = String::from_utf8_lossy(&meminfo.stdout).into_owned();
+        let kib: u64 = meminfo.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(
+            (64 << 20..limit).contains(&(kib << 10)),
+            "the guest's {kib} kB of RAM do not fit under {limit} and hold the limit"
+        );
+    } else {
+        assert_eq!(limit, 64 << 20);
+    }
+    rt.ok(&["delete", "--force", &id]);
+    assert!(!dir.exists(), "{} is left", dir.display());
+    rt.assert_clean(&id, &bundle);
+}
+
 #[test]
 fn events_report_oom_kills() {
     let rt = Runtime::new();

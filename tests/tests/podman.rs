@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kata_rs_tests::cgroup;
 use kata_rs_tests::peers::{
     compare, counter, tty_sizes, wait_until, Podman, TtySession, COUNTER, IGNORE_TERM, IMAGE, OOM,
     STTY_LOOP, TIMEOUT, TRAP_TERM,
@@ -185,6 +186,54 @@ fn memory_limit_oom_kill() {
             rt.display()
         );
         (out.stdout, oom_killed)
+    });
+}
+
+/// `--memory` holds everything of the container on the host: with runc
+/// its processes; with kata-rs in a VM the monitor (the pid podman knows),
+/// the VMM and virtiofsd, in a cgroup whose limit holds the whole guest.
+#[test]
+fn memory_limit_holds_every_host_process_of_the_container() {
+    compare(TOOLS, |rt| {
+        let mut podman = Podman::new(rt);
+        let (name, started) =
+            podman.run_container(&["-d", "--memory", "64m"], &["sleep", "1000"], None);
+        assert_eq!(started.code, Some(0), "{}: {started:?}", rt.display());
+        let pid: u32 = podman.inspect(&name, "{{.State.Pid}}").parse().unwrap();
+        let dir = cgroup::memory_cgroup_of(pid);
+        let limit = cgroup::memory_limit(&dir);
+        let members = cgroup::members(&dir);
+        let guest_ram = podman.run(&["exec", &name, "grep", "MemTotal", "/proc/meminfo"], None);
+        podman.finish();
+        let limit =
+            limit.unwrap_or_else(|| panic!("{}: {} has no limit", rt.display(), dir.display()));
+        let has = |what: &str| members.iter().any(|(_, cmd)| cmd.contains(what));
+        if has("kata-rs-vmm") {
+            assert!(
+                has("virtiofsd"),
+                "virtiofsd is not in {}: {members:?}",
+                dir.display()
+            );
+            let kib: u64 = guest_ram
+                .stdout
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                (64 << 20..limit).contains(&(kib << 10)),
+                "the guest's {kib} kB of RAM do not fit under the limit {limit} and hold 64m"
+            );
+        } else {
+            assert_eq!(limit, 64 << 20, "{}: {members:?}", rt.display());
+        }
+        assert!(
+            members.iter().any(|(p, _)| *p == pid),
+            "{}: {members:?}",
+            rt.display()
+        );
+        "the container's host processes are under a limit that holds 64m"
     });
 }
 

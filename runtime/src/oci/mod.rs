@@ -37,10 +37,8 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
     // The driver matters where a container's cgroup is made; the engine
     // of an existing container follows the one it was made with.
     let engine = || Engine::new(root, false).map_err(anyhow::Error::from);
-    let creating_engine = || -> Result<Engine> {
-        let systemd = crate::cgroup_driver::systemd(g.systemd_cgroup, config)?;
-        Ok(Engine::new(root, systemd)?)
-    };
+    let systemd = || crate::cgroup_driver::systemd(g.systemd_cgroup, config);
+    let creating_engine = || -> Result<Engine> { Ok(Engine::new(root, systemd()?)?) };
     let is_vm = |id: &str| vm::state::is_vm(root, id);
     match cli.command {
         Command::Check { .. } => unreachable!("handled by main"),
@@ -56,10 +54,7 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             console::needed(terminal, args.console_socket.as_deref(), false)?;
             match isolation(&args, config)? {
                 Isolation::Namespace => drop(namespace::create(&creating_engine()?, &args)?),
-                Isolation::Vm => {
-                    creating_engine()?;
-                    vm::create(root, config, &args)?
-                }
+                Isolation::Vm => vm::create(root, config, &args, systemd()?)?,
             }
         }
         Command::Run {
@@ -71,10 +66,7 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
                 Isolation::Namespace => {
                     namespace::run(&creating_engine()?, &create, detach, console)
                 }
-                Isolation::Vm => {
-                    creating_engine()?;
-                    vm::run(root, config, &create, detach, console)
-                }
+                Isolation::Vm => vm::run(root, config, &create, systemd()?, detach, console),
             };
         }
         Command::Start { id } if is_vm(&id) => vm::Vm::load(root, &id)?.start()?,

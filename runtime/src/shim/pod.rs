@@ -25,6 +25,7 @@ use super::io::{self, Fifos, Relays};
 use super::network::{self, PodNetwork};
 use crate::config::{Config, Isolation};
 use crate::error::{kind_of, Kind};
+use crate::host_cgroup::{fit_guest, HostCgroup, HostCgroupRef, OomWatch};
 use crate::oci::vm::monitor;
 use crate::oci::vm::process::ProcRef;
 use crate::oci::vm::stdio::{self, StdioAddr, Streams};
@@ -179,6 +180,8 @@ pub struct Pod {
     dir: PathBuf,
     config: Config,
     backend: Option<Backend>,
+    /// The host cgroup the shim, the VMM and virtiofsd of a VM pod live in.
+    host_cgroup: Option<HostCgroup>,
     pub containers: HashMap<String, Container>,
 }
 
@@ -188,6 +191,7 @@ impl Pod {
             dir,
             config,
             backend: None,
+            host_cgroup: None,
             containers: HashMap::new(),
         }
     }
@@ -260,9 +264,38 @@ impl Pod {
         Ok(())
     }
 
-    /// Boots the pod's VM, sized for `spec`, with the pod directory shared
-    /// and a NIC for each interface of the pod's network namespace.
-    fn boot(&mut self, spec: &Value) -> Result<()> {
+    /// Boots the pod's VM for its sandbox container `id`, with the shim,
+    /// the VMM and virtiofsd in the sandbox's host cgroup (see
+    /// `host_cgroup`).
+    fn boot(&mut self, id: &str, spec: &Value, systemd: bool) -> Result<()> {
+        let cgroup = HostCgroup::create_and_join(&vm::host_cgroups_path(spec, id), id, systemd)?;
+        crate::host_cgroup::spare_caller_from_oom();
+        match self.boot_in(spec, cgroup.reference()) {
+            Ok(()) => {
+                self.host_cgroup = Some(cgroup);
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(e) = cgroup.remove() {
+                    tracing::warn!(error = %e, "remove the pod's host cgroup after a failed boot");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Boots the pod's VM, sized for `spec` under the memory bound of its
+    /// host cgroup, with the pod directory shared and a NIC for each
+    /// interface of the pod's network namespace.
+    fn boot_in(&mut self, spec: &Value, cgroup: &HostCgroupRef) -> Result<()> {
+        let mut sized = vm::sandbox_spec(&self.config, spec);
+        add_pod_resources(&mut sized, spec);
+        let bound = cgroup.memory.as_ref().and_then(|m| m.bound_mib());
+        sized.memory_mib = fit_guest(
+            sized.memory_mib,
+            bound,
+            self.config.hypervisor.host_overhead_mib,
+        )?;
         let network = match network::pod_netns(spec) {
             Some(netns) => network::connect(Path::new(&netns))
                 .with_context(|| format!("connect the pod's network {netns} to its VM"))?,
@@ -279,8 +312,6 @@ impl Pod {
                 return Err(e);
             }
         };
-        let mut sized = vm::sandbox_spec(&self.config, spec);
-        add_pod_resources(&mut sized, spec);
         let mut network = network;
         sized.nics = network
             .taps
@@ -312,6 +343,7 @@ impl Pod {
                     vmm: ProcRef::of(sandbox.vmm_pid() as i32),
                     virtiofsd: Some(virtiofsd),
                     agent: None,
+                    host_cgroup: Some(cgroup.clone()),
                 };
                 if let Err(e) = pids.save(&self.dir) {
                     tracing::warn!(error = %e, "record the pod's host processes");
@@ -392,7 +424,7 @@ impl Pod {
         };
         let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
         let made = self
-            .create_in(id, bundle, &spec, fifos, isolation)
+            .create_in(id, bundle, &spec, fifos, isolation, systemd)
             .and_then(|made| self.run_create_hooks(id, hooks.as_ref()).map(|()| made));
         match made {
             Ok((init, pid)) => {
@@ -432,10 +464,11 @@ impl Pod {
         spec: &Value,
         fifos: Fifos,
         isolation: Isolation,
+        systemd: bool,
     ) -> Result<(Process, u32)> {
         if self.backend.is_none() {
             match isolation {
-                Isolation::Vm => self.boot(spec)?,
+                Isolation::Vm => self.boot(id, spec, systemd)?,
                 Isolation::Namespace => self.start_host_agent()?,
             }
         }
@@ -649,6 +682,7 @@ impl Pod {
         {
             hooks.run_logged(id, HostHook::Poststart, vmm);
         }
+        let host_oom = self.host_cgroup.as_ref().and_then(HostCgroup::oom_watch);
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || {
             let (status, oom_killed) = monitor::wait_process(&client, &id, &exec_id)
@@ -662,7 +696,10 @@ impl Pod {
                             tracing::warn!(id, "the host agent's containers are not gone yet");
                         }
                     }
-                    (monitor::LOST_STATUS, false)
+                    // A VMM the host's OOM killer ended took the process
+                    // with it the same way.
+                    let oom_killed = host_oom.as_ref().is_some_and(OomWatch::fired);
+                    (monitor::LOST_STATUS, oom_killed)
                 });
             let exited = Exited {
                 status: status as u32,
@@ -821,6 +858,11 @@ impl Pod {
                 vm.virtiofsd.signal(Signal::SIGTERM);
                 vm.virtiofsd.stop(Duration::from_secs(5));
                 network::disconnect(&vm.network);
+                if let Some(cgroup) = self.host_cgroup.take() {
+                    if let Err(e) = cgroup.remove() {
+                        tracing::warn!(error = %e, "remove the pod's host cgroup");
+                    }
+                }
             }
             Some(Backend::Host(host)) => {
                 host.stop();
@@ -912,6 +954,8 @@ struct HostPids {
     virtiofsd: Option<ProcRef>,
     #[serde(default)]
     agent: Option<ProcRef>,
+    #[serde(default)]
+    host_cgroup: Option<HostCgroupRef>,
 }
 
 impl HostPids {
@@ -934,6 +978,11 @@ pub fn clean_up_after(dir: &Path) {
             for p in [pids.vmm, pids.virtiofsd, pids.agent].into_iter().flatten() {
                 p.signal(Signal::SIGKILL);
                 p.stop(Duration::from_secs(5));
+            }
+            if let Some(at) = &pids.host_cgroup {
+                if let Err(e) = HostCgroup::open(at, "sandbox").and_then(HostCgroup::remove) {
+                    tracing::warn!(error = %e, "remove the pod's host cgroup");
+                }
             }
         }
     }

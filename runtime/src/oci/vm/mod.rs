@@ -40,6 +40,7 @@ use super::cli::{CreateArgs, ExecArgs};
 use super::console::{self, OwnConsole};
 use crate::config::Config;
 use crate::error::Kind;
+use crate::host_cgroup::HostCgroup;
 use crate::sandbox::{SandboxSpec, VmSandbox};
 use process::ProcRef;
 use state::VmState;
@@ -274,6 +275,11 @@ impl Vm {
             );
         }
         teardown(&self.state, &self.dir());
+        if let Some(at) = &self.state.host_cgroup {
+            HostCgroup::open(at, &self.state.id)
+                .and_then(HostCgroup::remove)
+                .with_context(|| format!("container {}", self.state.id))?;
+        }
         if let Err(e) = run_hooks(&self.state, HostHook::Poststop) {
             tracing::warn!(id = %self.state.id, error = %e, "poststop hook failed");
         }
@@ -343,6 +349,7 @@ pub(crate) fn start_virtiofsd(config: &Config, dir: &Path) -> Result<ProcRef> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    crate::host_cgroup::oom_victim_before_caller(child.id());
     ProcRef::of(child.id() as i32).context("virtiofsd vanished")
 }
 
@@ -429,8 +436,9 @@ fn terminal(spec: &Value) -> bool {
     spec["process"]["terminal"].as_bool().unwrap_or(false)
 }
 
-/// `create --isolation=vm`.
-pub fn create(root: &Path, config: &Config, args: &CreateArgs) -> Result<()> {
+/// `create --isolation=vm`; `systemd` chooses the driver of the host
+/// cgroup.
+pub fn create(root: &Path, config: &Config, args: &CreateArgs, systemd: bool) -> Result<()> {
     let id = &args.id;
     kata_rs_engine::validate_id(id)?;
     let bundle = std::path::absolute(&args.bundle)?;
@@ -443,16 +451,25 @@ pub fn create(root: &Path, config: &Config, args: &CreateArgs) -> Result<()> {
         bail!("container {id} already exists");
     }
     std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut made = Made::default();
-    match create_in(root, config, args, &bundle, &spec, &dir, &mut made) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            made.undo(&dir, id);
-            let _ = std::fs::remove_dir_all(&dir);
-            lock.remove();
-            Err(e.context(format!("container {id}: create")))
-        }
-    }
+    // Joined first: virtiofsd, the VMM and the monitor are born in it.
+    let created = HostCgroup::create_and_join(&host_cgroups_path(&spec, id), id, systemd).and_then(
+        |cgroup| {
+            let mut made = Made::default();
+            let created = create_in(root, config, args, &cgroup, &bundle, &spec, &mut made);
+            if created.is_err() {
+                made.undo(&dir, id);
+                if let Err(e) = cgroup.remove() {
+                    tracing::warn!(id, error = %e, "remove the host cgroup after a failed create");
+                }
+            }
+            created
+        },
+    );
+    created.map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir);
+        lock.remove();
+        e.context(format!("container {id}: create"))
+    })
 }
 
 /// What a create made so far, to undo on failure.
@@ -484,15 +501,17 @@ fn create_in(
     root: &Path,
     config: &Config,
     args: &CreateArgs,
+    cgroup: &HostCgroup,
     bundle: &Path,
     spec: &Value,
-    dir: &Path,
     made: &mut Made,
 ) -> Result<()> {
     let id = &args.id;
+    let dir = &state::dir(root, id);
     let guest_spec = share::prepare(id, bundle, spec, &state::share_dir(dir))?;
-    made.virtiofsd = Some(start_virtiofsd(config, dir)?);
     let mut sized = sandbox_spec(config, spec);
+    sized.memory_mib = size_in_cgroup(cgroup, config, spec, sized.memory_mib)?;
+    made.virtiofsd = Some(start_virtiofsd(config, dir)?);
     sized
         .fs
         .push((SHARED_FS_TAG.to_owned(), state::virtiofsd_socket(dir)));
@@ -548,6 +567,7 @@ fn create_in(
         vmm,
         virtiofsd: made.virtiofsd.expect("started above"),
         monitor: monitor_ref,
+        host_cgroup: Some(cgroup.reference().clone()),
     };
     st.save(root)?;
     run_hooks(&st, HostHook::Prestart)?;
@@ -562,6 +582,40 @@ fn create_in(
     made.monitor.take();
     made.virtiofsd.take();
     Ok(())
+}
+
+/// The host cgroup of a VM container: its cgroupsPath, as runc would make
+/// it for the container, else one of kata-rs's own.
+pub(crate) fn host_cgroups_path(spec: &Value, id: &str) -> String {
+    spec["linux"]["cgroupsPath"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| format!("/kata-rs/{id}"), str::to_owned)
+}
+
+/// The guest RAM of a VM container whose VM wants `wanted_mib`. A memory
+/// limit on the container bounds its host cgroup at the VM's RAM plus
+/// `hypervisor.host_overhead_mib`, so that the VM as a whole is what the
+/// limit holds (podman's `--memory`); a smaller limit above cuts the guest.
+fn size_in_cgroup(
+    cgroup: &HostCgroup,
+    config: &Config,
+    spec: &Value,
+    wanted_mib: u64,
+) -> Result<u64> {
+    let overhead = config.hypervisor.host_overhead_mib;
+    if spec["linux"]["resources"]["memory"]["limit"]
+        .as_i64()
+        .is_some_and(|l| l > 0)
+    {
+        cgroup.limit_memory(wanted_mib + overhead)?;
+    }
+    let bound = cgroup
+        .reference()
+        .memory
+        .as_ref()
+        .and_then(|m| m.bound_mib());
+    crate::host_cgroup::fit_guest(wanted_mib, bound, overhead)
 }
 
 /// Runs the bundle's hooks of `kind` on the host.
@@ -677,10 +731,11 @@ pub fn run(
     root: &Path,
     config: &Config,
     args: &CreateArgs,
+    systemd: bool,
     detach: bool,
     console: Option<OwnConsole>,
 ) -> Result<i32> {
-    create(root, config, args)?;
+    create(root, config, args, systemd)?;
     let started = console::attach(console).and_then(|terminal| {
         Vm::load(root, &args.id)?.start()?;
         Ok(terminal)

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::process::ProcRef;
+use crate::host_cgroup::HostCgroupRef;
 
 pub const STATE_FILE: &str = "vm.json";
 
@@ -26,6 +27,9 @@ pub struct VmState {
     pub virtiofsd: ProcRef,
     /// The process that stands for the container on the host (--pid-file).
     pub monitor: ProcRef,
+    /// The host cgroup the VMM, virtiofsd and the monitor live in.
+    #[serde(default)]
+    pub host_cgroup: Option<HostCgroupRef>,
 }
 
 /// The sandbox directory of container `id`. Names inside are short: Unix
