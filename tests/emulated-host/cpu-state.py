@@ -9,6 +9,14 @@ halted, interrupt flag, and the kernel symbol RIP falls in for each VMLINUX
 given (the emulated host's and the guest's: a vCPU that is running a nested
 guest shows the guest's registers). A RIP that does not move between
 samples while the vCPU is not halted is a vCPU spinning in one place.
+
+Then, for each virtio device, each queue's indices as QEMU holds them
+(`info virtio-queue-status`): requests the guest made available but QEMU
+never took (its avail index past last_avail_idx: a lost notification),
+requests QEMU took and did not finish (inuse), and used entries the guest
+was or was not told of (used_idx against signalled_used). All vCPUs
+halted while a queue shows one of these is a wedge in device emulation,
+not in the emulated host's kernel.
 """
 
 import bisect
@@ -94,5 +102,46 @@ def main():
             )
 
 
+def field(text, name):
+    m = re.search(rf"^\s*{name}:\s*(\S+)", text, re.M)
+    return m.group(1) if m else None
+
+
+def guest_u16(sock, address):
+    """The 16-bit value at guest-physical `address`."""
+    m = re.search(r":\s*0x([0-9a-f]+)", monitor(sock, f"xp /1hx {address:#x}"))
+    return int(m.group(1), 16) if m else None
+
+
+def virtio_queues(sock):
+    devices = re.findall(r"^(/machine/\S+) \[([^\]]+)\]", monitor(sock, "info virtio"), re.M)
+    for path, name in devices:
+        count = field(monitor(sock, f"info virtio-status {path}"), "num_vqs")
+        for queue in range(int(count or 0)):
+            text = monitor(sock, f"info virtio-queue-status {path} {queue}")
+            avail = int(field(text, "avail") or "0", 16)
+            used = int(field(text, "used") or "0", 16)
+            if not avail:
+                continue
+            # The idx of each ring sits 2 bytes into it.
+            guest_avail = guest_u16(sock, avail + 2)
+            guest_used = guest_u16(sock, used + 2)
+            taken = field(text, "last_avail_idx")
+            inuse = field(text, "inuse")
+            verdict = []
+            if guest_avail is not None and taken is not None and guest_avail != int(taken):
+                verdict.append("requests QEMU has not taken")
+            if inuse not in (None, "0"):
+                verdict.append("requests QEMU has not finished")
+            print(
+                f"virtio {name} queue {queue}: avail.idx={guest_avail} "
+                f"last_avail_idx={taken} inuse={inuse} used_idx={field(text, 'used_idx')} "
+                f"used.idx={guest_used} signalled_used={field(text, 'signalled_used')} "
+                f"valid={field(text, 'signalled_used_valid')}"
+                + (f" <- {', '.join(verdict)}" if verdict else "")
+            )
+
+
 if __name__ == "__main__":
     main()
+    virtio_queues(sys.argv[1])

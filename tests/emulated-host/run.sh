@@ -307,7 +307,8 @@ boot() {
                 if [ "$quiet" -ge "$stall_s" ]; then
                     : >"$run_dir/stalled"
                     # Where each vCPU is, in the emulated host's kernel or a
-                    # guest's ($KATA_RS_TEST_KERNEL), for the report below.
+                    # guest's ($KATA_RS_TEST_KERNEL), and where each virtio
+                    # queue stands, for the report below.
                     timeout 30 python3 "$here/cpu-state.py" "$run_dir/monitor.sock" \
                         "$kernel_dir/vmlinux" ${KATA_RS_TEST_KERNEL:+"$KATA_RS_TEST_KERNEL"} \
                         >"$run_dir/cpu-state" 2>&1 || true
@@ -353,7 +354,7 @@ if [ -f "$run_dir/stalled" ]; then
             tail -n 40 "$run_dir/console.log"
         fi
         if [ -s "$run_dir/cpu-state" ]; then
-            echo "--- the emulated host's vCPUs when it was stopped (tests/emulated-host/cpu-state.py):"
+            echo "--- the emulated host's vCPUs and virtio queues when it was stopped (tests/emulated-host/cpu-state.py):"
             cat "$run_dir/cpu-state"
         fi
     } >&2

@@ -95,6 +95,30 @@ fn create_start_kill_delete_follow_the_oci_life_cycle() {
     rt.assert_clean(&id, &bundle);
 }
 
+/// A state root that does not exist yet is made, as runc makes its own
+/// (on a fresh boot /run/kata-rs is not there).
+#[test]
+fn a_missing_state_root_is_made() {
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("state");
+    let id = id("fresh-root");
+    let bundle = Bundle::new(&id, &["true"]);
+    let out = std::process::Command::new(runtime_binary())
+        .arg("--root")
+        .arg(&root)
+        .args(Runtime::run_args(&id, &bundle))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.is_dir());
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "state is left"
+    );
+}
+
 #[test]
 fn run_propagates_the_exit_code_and_keeps_streams_apart() {
     let rt = Runtime::new();
@@ -506,6 +530,36 @@ fn exec_is_confined_as_the_container_is() {
 
     rt.ok(&["delete", "--force", &id]);
     rt.assert_clean(&id, &bundle);
+}
+
+/// An exec runs with the container's LSM label (its AppArmor profile or
+/// SELinux process label), as runc's does. It needs an LSM in the kernel
+/// the container runs on: the host's, or its guest's.
+#[test]
+fn exec_takes_the_containers_lsm_label() {
+    let rt = Runtime::new();
+    let id = id("label");
+    let bundle = Bundle::new(&id, &["sleep", "300"]);
+    rt.create_ok(&id, &bundle);
+    rt.ok(&["start", &id]);
+    let label = |pid: &str| rt.run(&["exec", &id, "cat", &format!("/proc/{pid}/attr/current")]);
+    let init = label("1");
+    let exec = label("self");
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+    if !init.status.success() {
+        println!(
+            "SKIP: the container's kernel has no LSM to label processes with ({})",
+            stderr(&init).trim()
+        );
+        return;
+    }
+    assert!(exec.status.success(), "{}", stderr(&exec));
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        String::from_utf8_lossy(&init.stdout),
+        "the exec's label is not the init's"
+    );
 }
 
 /// The runtime's own messages never land in a container's stderr, which

@@ -54,7 +54,12 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             console::needed(terminal, args.console_socket.as_deref(), false)?;
             match isolation(&args, config)? {
                 Isolation::Namespace => drop(namespace::create(&creating_engine()?, &args)?),
-                Isolation::Vm => vm::create(root, config, &args, systemd()?)?,
+                Isolation::Vm => {
+                    // The engine makes the state root, which VM containers
+                    // share with namespace ones.
+                    creating_engine()?;
+                    vm::create(root, config, &args, systemd()?)?
+                }
             }
         }
         Command::Run {
@@ -66,7 +71,10 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
                 Isolation::Namespace => {
                     namespace::run(&creating_engine()?, &create, detach, console)
                 }
-                Isolation::Vm => vm::run(root, config, &create, systemd()?, detach, console),
+                Isolation::Vm => {
+                    creating_engine()?;
+                    vm::run(root, config, &create, systemd()?, detach, console)
+                }
             };
         }
         Command::Start { id } if is_vm(&id) => vm::Vm::load(root, &id)?.start()?,
