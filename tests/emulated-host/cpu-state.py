@@ -12,7 +12,8 @@ samples while the vCPU is not halted is a vCPU spinning in one place.
 
 Then, for each virtio device, each queue's indices as QEMU holds them
 (`info virtio-queue-status`): requests the guest made available but QEMU
-never took (its avail index past last_avail_idx: a lost notification),
+never took (its avail index past last_avail_idx: a lost notification, unless the
+queue is one the guest fills with spare receive buffers),
 requests QEMU took and did not finish (inuse), and used entries the guest
 was or was not told of (used_idx against signalled_used). All vCPUs
 halted while a queue shows one of these is a wedge in device emulation,
@@ -128,13 +129,17 @@ def virtio_queues(sock):
             guest_used = guest_u16(sock, used + 2)
             taken = field(text, "last_avail_idx")
             inuse = field(text, "inuse")
+            if not guest_avail and taken in (None, "0"):
+                continue
             verdict = []
             if guest_avail is not None and taken is not None and guest_avail != int(taken):
-                verdict.append("requests QEMU has not taken")
+                # Normal for a receive queue (virtio-serial's even ones).
+                verdict.append("buffers QEMU has not taken: spare receive buffers, or a lost notification")
             if inuse not in (None, "0"):
                 verdict.append("requests QEMU has not finished")
+            device = next((part for part in path.split("/") if part.startswith("device[")), path)
             print(
-                f"virtio {name} queue {queue}: avail.idx={guest_avail} "
+                f"virtio {name} {device} queue {queue}: avail.idx={guest_avail} "
                 f"last_avail_idx={taken} inuse={inuse} used_idx={field(text, 'used_idx')} "
                 f"used.idx={guest_used} signalled_used={field(text, 'signalled_used')} "
                 f"valid={field(text, 'signalled_used_valid')}"
