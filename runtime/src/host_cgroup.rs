@@ -246,19 +246,12 @@ impl MemoryCgroup {
 
     /// The OOM killer's kills in this cgroup so far.
     pub fn oom_kills(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.events"
+        let kills = if self.v2 {
+            kata_rs_engine::OomKills::v2(&self.dir)
         } else {
-            "memory.oom_control"
+            kata_rs_engine::OomKills::v1(&self.dir)
         };
-        std::fs::read_to_string(self.dir.join(file))
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill "))
-                    .and_then(|n| n.trim().parse().ok())
-            })
-            .unwrap_or(0)
+        kills.count()
     }
 }
 

@@ -12,13 +12,13 @@ pub struct OomKills {
 }
 
 impl OomKills {
-    pub(crate) fn v2(cgroup_dir: &Path) -> Self {
+    pub fn v2(cgroup_dir: &Path) -> Self {
         OomKills {
             file: cgroup_dir.join("memory.events"),
         }
     }
 
-    pub(crate) fn v1(memory_cgroup_dir: &Path) -> Self {
+    pub fn v1(memory_cgroup_dir: &Path) -> Self {
         OomKills {
             file: memory_cgroup_dir.join("memory.oom_control"),
         }
