@@ -89,6 +89,23 @@ impl std::fmt::Display for Isolation {
     }
 }
 
+impl Isolation {
+    /// The annotation of a container's spec that chooses its isolation.
+    pub const ANNOTATION: &'static str = "io.kata-rs.isolation";
+
+    /// The isolation the annotations of `spec` ask for, if any.
+    pub fn annotated(spec: &serde_json::Value) -> anyhow::Result<Option<Self>> {
+        spec["annotations"][Self::ANNOTATION]
+            .as_str()
+            .map(|value| {
+                value
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("annotation {}: {e}", Self::ANNOTATION))
+            })
+            .transpose()
+    }
+}
+
 impl std::str::FromStr for Isolation {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

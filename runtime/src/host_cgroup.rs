@@ -17,6 +17,7 @@
 //! the host's OOM killer does not come for the VMM in normal use.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libcgroups::common::{
@@ -24,6 +25,10 @@ use libcgroups::common::{
 };
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+/// How long the processes of a cgroup being removed may take to be gone.
+const REMOVE_BOUND: Duration = Duration::from_secs(10);
+const REMOVE_RETRY: Duration = Duration::from_millis(100);
 
 /// The smallest guest kata-rs boots: its kernel and agent with room for a
 /// small container.
@@ -121,10 +126,21 @@ impl HostCgroup {
         if self.at.memory.is_some() && MemoryCgroup::of_process("self") == self.at.memory {
             leave_to_root();
         }
-        self.manager
-            .remove()
-            .map_err(cgroup_error)
-            .with_context(|| format!("remove the sandbox's host cgroup {}", self.at.cgroups_path))
+        // A process just killed may still be on its way out: a VMM's exit
+        // waits for its vCPU threads to leave the guest and for its RAM to
+        // be torn down, which takes seconds under nested emulation.
+        let deadline = Instant::now() + REMOVE_BOUND;
+        loop {
+            match self.manager.remove() {
+                Ok(()) => return Ok(()),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(REMOVE_RETRY),
+                Err(e) => {
+                    return Err(cgroup_error(e)).with_context(|| {
+                        format!("remove the sandbox's host cgroup {}", self.at.cgroups_path)
+                    })
+                }
+            }
+        }
     }
 }
 

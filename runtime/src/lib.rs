@@ -6,7 +6,10 @@
 //! - [`error`]: the kinds of failure callers act on (not found, ...);
 //! - [`kvm`]: what kind of KVM the host has;
 //! - [`check`]: `kata-rs check`, what this host can run;
-//! - [`sandbox`]: a VM sandbox: the VMM process and the agent in it;
+//! - [`log`]: the log both binaries write, in runc's formats;
+//! - [`sandbox`]: a VM sandbox, brought up and down in one place: its host
+//!   cgroup, virtiofsd and the share, the pod network, the VMM and the
+//!   agent in it;
 //! - [`host_cgroup`]: the host cgroup a VM sandbox's processes live in, and
 //!   the guest's size under its memory limit;
 //! - [`oci`]: the runc-compatible OCI command line;
@@ -18,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod host_cgroup;
 pub mod kvm;
+pub mod log;
 pub mod oci;
 pub mod sandbox;
 pub mod shim;

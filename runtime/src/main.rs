@@ -1,6 +1,7 @@
 //! `kata-rs`: the runtime's command line (runc-compatible OCI commands and
 //! `check`).
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -8,9 +9,11 @@ use anyhow::{Context, Result};
 use clap::Parser as _;
 use kata_rs::check;
 use kata_rs::config::Config;
-use kata_rs::oci::cli::{Cli, Command, LogFormat};
-use kata_rs::oci::{self, log};
-use kata_rs::sandbox::{SandboxSpec, VmSandbox};
+use kata_rs::log::{self, LogFormat};
+use kata_rs::oci;
+use kata_rs::oci::cli::{Cli, Command};
+use kata_rs::sandbox::size::Size;
+use kata_rs::sandbox::{Network, Plan, Sandbox, POWER_OFF_GRACE};
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -93,30 +96,37 @@ fn run(cli: Cli) -> Result<i32> {
     oci::dispatch(cli, &config)
 }
 
-/// Boots one microVM with the configured kernel and initrd and talks to its
-/// agent: the end-to-end proof that VM mode works here.
+/// Boots one sandbox as a container's would be (its host cgroup, virtiofsd,
+/// the VMM with the configured kernel and initrd) and talks to its agent:
+/// the end-to-end proof that VM mode works here.
 fn boot_check(config: &Config, timeout: Duration) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("kata-rs-check-{}", std::process::id()));
-    let result = boot_check_in(config, timeout, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
+    let id = format!("kata-rs-check-{}", std::process::id());
+    let plan = Plan {
+        id: id.clone(),
+        dir: std::env::temp_dir().join(&id),
+        cgroups_path: format!("/kata-rs/{id}"),
+        systemd: kata_rs::cgroup_driver::systemd(false, config)?,
+        size: Size::configured(&config.hypervisor),
+        limit_memory: false,
+        network: Network::None,
+    };
+    let result = boot_check_in(config, timeout, &plan);
+    let _ = std::fs::remove_dir_all(&plan.dir);
     result
 }
 
-fn boot_check_in(config: &Config, timeout: Duration, dir: &Path) -> Result<()> {
-    let spec = SandboxSpec::from_config(&config.hypervisor);
+fn boot_check_in(config: &Config, timeout: Duration, plan: &Plan) -> Result<()> {
     let started = Instant::now();
-    let mut sandbox = VmSandbox::start(&config.hypervisor, &spec, dir)?;
+    let sandbox = Sandbox::boot_within(config, plan, timeout)?;
     println!(
-        "boot: started kata-rs-vmm (pid {}) with {} vCPU(s), {} MiB",
+        "boot: kata-rs-vmm (pid {}) with {} vCPU(s), {} MiB; the agent answered its health \
+         check (SERVING) after {:.2} s",
         sandbox.vmm_pid(),
-        spec.vcpus,
-        spec.memory_mib
-    );
-    let client = sandbox.wait_for_agent(timeout)?;
-    println!(
-        "boot: agent answered its health check (SERVING) after {:.2} s",
+        plan.size.vcpus,
+        plan.size.memory_mib,
         started.elapsed().as_secs_f64()
     );
+    let client = sandbox.agent().client();
     let ctx = || ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
     let version = client
         .health
@@ -136,11 +146,16 @@ fn boot_check_in(config: &Config, timeout: Duration, dir: &Path) -> Result<()> {
         details.mem_total_bytes >> 20,
         details.kernel_release
     );
-    let status = sandbox.destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)?;
-    anyhow::ensure!(
-        status.success(),
-        "the VMM exited with {status} after DestroySandbox"
-    );
-    println!("boot: DestroySandbox: the VM shut down and the VMM exited cleanly");
+    match sandbox.shutdown() {
+        Some(status) if status.success() => {
+            println!("boot: DestroySandbox: the VM powered off and the VMM exited cleanly")
+        }
+        Some(status) if status.signal() == Some(libc::SIGKILL) => println!(
+            "boot: DestroySandbox: the VM did not power off within {} s; its VMM was killed",
+            POWER_OFF_GRACE.as_secs()
+        ),
+        Some(status) => anyhow::bail!("the VMM exited with {status} after DestroySandbox"),
+        None => anyhow::bail!("the VMM's exit could not be waited for"),
+    }
     Ok(())
 }

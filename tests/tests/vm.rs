@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
-use kata_rs::sandbox::{SandboxSpec, VmSandbox};
+use kata_rs::sandbox::agent::Agent;
+use kata_rs::sandbox::size::Size;
+use kata_rs::sandbox::vmm::{Vmm, VmmSpec};
 use kata_rs_protocol::health::health_check_response::ServingStatus;
 use kata_rs_protocol::{agent, health};
 use kata_rs_tests::*;
@@ -17,14 +19,22 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
 }
 
+/// How long these tests give a guest to power off: its exit status is what
+/// they check.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
+
 fn boot_agent(
     vcpus: u8,
     memory_mib: u64,
     dir: &std::path::Path,
-) -> (VmSandbox, kata_rs_protocol::AgentClient) {
+) -> (Vmm, kata_rs_protocol::AgentClient) {
     let hv = hypervisor(vcpus, memory_mib);
-    let mut sandbox =
-        VmSandbox::start(&hv, &SandboxSpec::from_config(&hv), dir).expect("start the VMM");
+    let spec = VmmSpec {
+        size: Size::configured(&hv),
+        fs: Vec::new(),
+        nics: Vec::new(),
+    };
+    let mut sandbox = Vmm::start(&hv, &spec, dir).expect("start the VMM");
     let client = sandbox.wait_for_agent(BOOT_TIMEOUT).expect("agent answers");
     (sandbox, client)
 }
@@ -33,7 +43,7 @@ fn boot_agent(
 #[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
 fn agent_serves_health_and_version_then_destroy_stops_the_vm() {
     let dir = tempfile::tempdir().unwrap();
-    let (sandbox, client) = boot_agent(1, 256, dir.path());
+    let (mut sandbox, client) = boot_agent(1, 256, dir.path());
     let uds = sandbox.vsock_uds().to_owned();
     let pid = sandbox.vmm_pid();
 
@@ -50,7 +60,7 @@ fn agent_serves_health_and_version_then_destroy_stops_the_vm() {
     assert_eq!(version.protocol_version, kata_rs_protocol::PROTOCOL_VERSION);
 
     let status = sandbox
-        .destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)
+        .power_off(&Agent::new(client.clone()), POWER_OFF_GRACE)
         .unwrap();
     assert!(
         status.success(),
@@ -67,7 +77,7 @@ fn agent_serves_health_and_version_then_destroy_stops_the_vm() {
 #[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
 fn guest_details_report_two_vcpus_and_the_memory_size() {
     let dir = tempfile::tempdir().unwrap();
-    let (sandbox, client) = boot_agent(2, 512, dir.path());
+    let (mut sandbox, client) = boot_agent(2, 512, dir.path());
     let details = client
         .agent
         .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
@@ -85,7 +95,7 @@ fn guest_details_report_two_vcpus_and_the_memory_size() {
         details.kernel_release
     );
     assert!(sandbox
-        .destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)
+        .power_off(&Agent::new(client.clone()), POWER_OFF_GRACE)
         .unwrap()
         .success());
 }
@@ -205,10 +215,10 @@ fn killed_vmm_leaves_nothing_the_next_run_trips_on() {
     assert!(!process_alive(pid));
     // SIGKILL leaves the socket file; the next VMM on the same path must
     // replace it and work.
-    let (sandbox, client) = boot_agent(1, 256, dir.path());
+    let (mut sandbox, client) = boot_agent(1, 256, dir.path());
     assert_eq!(sandbox.vsock_uds(), uds);
     assert!(sandbox
-        .destroy(&client, kata_rs::sandbox::SHUTDOWN_GRACE)
+        .power_off(&Agent::new(client.clone()), POWER_OFF_GRACE)
         .unwrap()
         .success());
     assert!(!uds.exists());

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::termios::{self, SetArg, Termios};
 
 use super::cli::CreateArgs;
-use super::vm::stdio;
+use crate::sandbox::stdio;
 
 /// How long the last output may take to reach our stdout after the
 /// process exited.

@@ -2,7 +2,6 @@
 //! engine on the host, or in VM mode.
 //!
 //! - [`cli`]: the flags;
-//! - [`log`]: text or JSON-lines logging for containerd and conmon;
 //! - [`namespace`]: namespace mode;
 //! - [`vm`]: VM mode;
 //! - [`foreground`]: waiting for a process and forwarding signals;
@@ -13,7 +12,6 @@
 pub mod cli;
 pub mod console;
 pub mod foreground;
-pub mod log;
 pub mod namespace;
 pub mod templates;
 pub mod vm;
@@ -26,9 +24,6 @@ use nix::sys::signal::Signal;
 
 use crate::config::{Config, Isolation};
 use cli::{Cli, Command, CreateArgs, ListFormat};
-
-/// The annotation that chooses a container's isolation.
-pub const ISOLATION_ANNOTATION: &str = "io.kata-rs.isolation";
 
 /// Runs one OCI command; returns the process's exit code.
 pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
@@ -193,20 +188,11 @@ pub fn isolation(args: &CreateArgs, config: &Config) -> Result<Isolation> {
         return Ok(i);
     }
     let path = args.bundle.join("config.json");
-    let annotated = std::fs::read(&path)
+    let spec = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| {
-            v["annotations"][ISOLATION_ANNOTATION]
-                .as_str()
-                .map(str::to_owned)
-        });
-    match annotated {
-        Some(value) => value
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("annotation {ISOLATION_ANNOTATION}: {e}")),
-        None => Ok(config.runtime.isolation),
-    }
+        .unwrap_or_default();
+    Ok(Isolation::annotated(&spec)?.unwrap_or(config.runtime.isolation))
 }
 
 /// Signals by name (TERM, SIGTERM, any case) or number, as runc takes them.

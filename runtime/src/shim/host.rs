@@ -11,13 +11,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kata_rs_protocol::agent::DestroySandboxRequest;
 use kata_rs_protocol::AgentClient;
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
-use crate::oci::vm::ctx;
-use crate::oci::vm::process::ProcRef;
+use crate::sandbox::agent::Agent;
+use crate::sandbox::process::{spawn_in_own_session, ProcRef};
 
 /// How long the agent may take to listen: it only parses its arguments.
 const READY: Duration = Duration::from_secs(10);
@@ -51,7 +50,7 @@ impl Ended {
 
 pub struct HostAgent {
     pub process: ProcRef,
-    pub client: AgentClient,
+    pub agent: Agent,
     /// Where it takes stdio streams.
     pub stdio: PathBuf,
     /// Set by the thread that reaps the agent, once its containers are
@@ -91,13 +90,13 @@ impl HostAgent {
         }
         // A signal to the shim's group (a terminal's Ctrl-C under `ctr run`)
         // is not the containers' to get.
-        let mut child = crate::oci::vm::spawn_in_own_session(&mut cmd, &program)?;
+        let mut child = spawn_in_own_session(&mut cmd, &program)?;
         match connect(&mut child, &socket, &log_path) {
             Ok((process, client)) => {
                 tracing::info!(pid = process.pid, "agent started on the host");
                 Ok(Self {
                     process,
-                    client,
+                    agent: Agent::new(client),
                     stdio,
                     ended: watch(child, dir.to_owned()),
                 })
@@ -113,11 +112,7 @@ impl HostAgent {
     /// Ends the agent: asked first (it exits once it answered), then
     /// killed if it does not; returns once its containers are gone too.
     pub fn stop(&self) {
-        if let Err(e) = self
-            .client
-            .agent
-            .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
-        {
+        if let Err(e) = self.agent.destroy_sandbox() {
             tracing::warn!(error = %e, "ask the host agent to stop");
             self.process.signal(Signal::SIGTERM);
         }

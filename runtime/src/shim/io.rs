@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 
-use crate::oci::vm::stdio::{self, Streams};
+use crate::sandbox::stdio::{self, Streams};
 
 /// The FIFOs of one process, as paths; an empty path means none.
 #[derive(Debug, Clone, Default)]

@@ -6,7 +6,6 @@
 //! - [`pod`]: the VM, its share and the containers and processes in it;
 //! - [`hooks`]: a VM container's OCI hooks, run on the host;
 //! - [`io`]: containerd's stdio FIFOs relayed to the agent's streams;
-//! - [`network`]: the pod's CNI interfaces joined to taps for the VM;
 //! - [`options`]: the configuration file named by containerd's options;
 //! - [`service`]: the task API over a pod, and its events;
 //! - [`socket`]: the shim's socket, removed whatever order containerd
@@ -16,7 +15,6 @@
 pub mod hooks;
 pub mod host;
 pub mod io;
-pub mod network;
 pub mod options;
 pub mod pod;
 pub mod service;
@@ -78,11 +76,7 @@ pub fn init_logging() {
         "info"
     };
     let level = format!("{level},libcontainer=off,libcgroups=off");
-    let _ = crate::oci::log::init(
-        Some(Path::new("log")),
-        crate::oci::cli::LogFormat::Text,
-        &level,
-    );
+    let _ = crate::log::init(Some(Path::new("log")), crate::log::LogFormat::Text, &level);
 }
 
 /// How the shim runs under containerd_shim: it waits for its own children

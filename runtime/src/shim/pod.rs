@@ -11,26 +11,20 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kata_rs_engine::hooks::HostHook;
-use kata_rs_protocol::agent::{
-    CreateContainerRequest, ExecProcessRequest, RemoveContainerRequest, SignalProcessRequest,
-    TtyWinResizeRequest, UpdateContainerRequest,
-};
-use kata_rs_protocol::{AgentClient, SHARED_FS_TAG};
-use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::hooks::HostHooks;
 use super::host::HostAgent;
 use super::io::{self, Fifos, Relays};
-use super::network::{self, PodNetwork};
 use crate::config::{Config, Isolation};
 use crate::error::{kind_of, Kind};
-use crate::host_cgroup::{fit_guest, HostCgroup, HostCgroupRef, OomWatch};
-use crate::oci::vm::monitor;
-use crate::oci::vm::process::ProcRef;
-use crate::oci::vm::stdio::{self, StdioAddr, Streams};
-use crate::oci::vm::{self as vm, container_req, ctx, rpc_error, share, state};
-use crate::sandbox::{vsock_uds, SandboxNic, VmSandbox};
+use crate::host_cgroup::{HostCgroup, OomWatch};
+use crate::sandbox::agent::{Agent, LOST_STATUS};
+use crate::sandbox::network;
+use crate::sandbox::record::Record;
+use crate::sandbox::size::Size;
+use crate::sandbox::stdio::{self, StdioAddr, Streams, DRAIN_BOUND};
+use crate::sandbox::{self, share, Network, Plan, Sandbox};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy)]
@@ -146,25 +140,17 @@ impl Container {
     }
 }
 
-/// The running VM of a pod.
-struct Vm {
-    sandbox: VmSandbox,
-    virtiofsd: ProcRef,
-    client: AgentClient,
-    network: PodNetwork,
-}
-
 /// Where a pod's containers run.
 enum Backend {
-    Vm(Vm),
+    Vm(Box<Sandbox>),
     Host(HostAgent),
 }
 
 impl Backend {
-    fn client(&self) -> &AgentClient {
+    fn agent(&self) -> &Agent {
         match self {
-            Backend::Vm(vm) => &vm.client,
-            Backend::Host(host) => &host.client,
+            Backend::Vm(sandbox) => sandbox.agent(),
+            Backend::Host(host) => &host.agent,
         }
     }
 
@@ -180,8 +166,6 @@ pub struct Pod {
     dir: PathBuf,
     config: Config,
     backend: Option<Backend>,
-    /// The host cgroup the shim, the VMM and virtiofsd of a VM pod live in.
-    host_cgroup: Option<HostCgroup>,
     pub containers: HashMap<String, Container>,
 }
 
@@ -191,7 +175,6 @@ impl Pod {
             dir,
             config,
             backend: None,
-            host_cgroup: None,
             containers: HashMap::new(),
         }
     }
@@ -212,7 +195,7 @@ impl Pod {
     /// process's own (CRI names a pod's namespaces after its sandbox's).
     pub fn task_pid(&self, id: &str, exec_id: &str) -> u32 {
         match &self.backend {
-            Some(Backend::Vm(vm)) => vm.sandbox.vmm_pid(),
+            Some(Backend::Vm(sandbox)) => sandbox.vmm_pid(),
             Some(Backend::Host(_)) => self.containers.get(id).map_or(0, |c| {
                 if exec_id.is_empty() {
                     c.pid
@@ -232,17 +215,17 @@ impl Pod {
         self.containers.get_mut(id).ok_or_else(|| no_container(id))
     }
 
-    fn client(&self) -> Result<&AgentClient> {
+    fn agent(&self) -> Result<&Agent> {
         self.backend
             .as_ref()
-            .map(Backend::client)
+            .map(Backend::agent)
             .ok_or_else(|| anyhow!("the pod's VM or host agent is not running"))
     }
 
     /// Where the pod's agent takes stdio streams.
     fn stdio(&self) -> Result<StdioAddr> {
         match &self.backend {
-            Some(Backend::Vm(_)) => Ok(StdioAddr::Hybrid(vsock_uds(&self.dir))),
+            Some(Backend::Vm(_)) => Ok(StdioAddr::Hybrid(sandbox::vsock_uds(&self.dir))),
             Some(Backend::Host(host)) => Ok(StdioAddr::Unix(host.stdio.clone())),
             None => bail!("the pod's VM or host agent is not running"),
         }
@@ -253,116 +236,35 @@ impl Pod {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("create {}", self.dir.display()))?;
         let host = HostAgent::start(&self.config, &self.dir)?;
-        let pids = HostPids {
+        let record = Record {
             agent: Some(host.process),
-            ..HostPids::default()
+            ..Record::default()
         };
-        if let Err(e) = pids.save(&self.dir) {
+        if let Err(e) = record.save(&self.dir) {
             tracing::warn!(error = %e, "record the pod's host processes");
         }
         self.backend = Some(Backend::Host(host));
         Ok(())
     }
 
-    /// Boots the pod's VM for its sandbox container `id`, with the shim,
-    /// the VMM and virtiofsd in the sandbox's host cgroup (see
-    /// `host_cgroup`).
+    /// Boots the pod's VM for its sandbox container `id`, sized for its
+    /// `spec`, with the pod directory shared and a NIC for each interface
+    /// of the pod's network namespace; the shim, the VMM and virtiofsd live
+    /// in the sandbox's host cgroup (see `host_cgroup`).
     fn boot(&mut self, id: &str, spec: &Value, systemd: bool) -> Result<()> {
-        let cgroup = HostCgroup::create_and_join(&vm::host_cgroups_path(spec, id), id, systemd)?;
         crate::host_cgroup::spare_caller_from_oom();
-        match self.boot_in(spec, cgroup.reference()) {
-            Ok(()) => {
-                self.host_cgroup = Some(cgroup);
-                Ok(())
-            }
-            Err(e) => {
-                if let Err(e) = cgroup.remove() {
-                    tracing::warn!(error = %e, "remove the pod's host cgroup after a failed boot");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Boots the pod's VM, sized for `spec` under the memory bound of its
-    /// host cgroup, with the pod directory shared and a NIC for each
-    /// interface of the pod's network namespace.
-    fn boot_in(&mut self, spec: &Value, cgroup: &HostCgroupRef) -> Result<()> {
-        let mut sized = vm::sandbox_spec(&self.config, spec);
-        add_pod_resources(&mut sized, spec);
-        let bound = cgroup.memory.as_ref().and_then(|m| m.bound_mib());
-        sized.memory_mib = fit_guest(
-            sized.memory_mib,
-            bound,
-            self.config.hypervisor.host_overhead_mib,
-        )?;
-        let network = match network::pod_netns(spec) {
-            Some(netns) => network::connect(Path::new(&netns))
-                .with_context(|| format!("connect the pod's network {netns} to its VM"))?,
-            None => PodNetwork::default(),
+        let plan = Plan {
+            id: id.to_owned(),
+            dir: self.dir.clone(),
+            cgroups_path: sandbox::host_cgroups_path(spec, id),
+            systemd,
+            size: Size::of_pod(&self.config.hypervisor, spec),
+            limit_memory: false,
+            network: Network::Pod(network::pod_netns(spec).map(PathBuf::from)),
         };
-        let share = state::share_dir(&self.dir);
-        let virtiofsd = std::fs::create_dir_all(&share)
-            .with_context(|| format!("create {}", share.display()))
-            .and_then(|()| vm::start_virtiofsd(&self.config, &self.dir));
-        let virtiofsd = match virtiofsd {
-            Ok(v) => v,
-            Err(e) => {
-                network::disconnect(&network);
-                return Err(e);
-            }
-        };
-        let mut network = network;
-        sized.nics = network
-            .taps
-            .drain(..)
-            .zip(&network.nics)
-            .map(|(tap, nic)| SandboxNic {
-                tap,
-                mac: nic.mac.clone(),
-                mtu: nic.mtu,
-            })
-            .collect();
-        sized
-            .fs
-            .push((SHARED_FS_TAG.to_owned(), state::virtiofsd_socket(&self.dir)));
-        let booted = VmSandbox::start(&self.config.hypervisor, &sized, &self.dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut sandbox| {
-                let client = sandbox.wait_for_agent(vm::BOOT_TIMEOUT)?;
-                // A failure drops the sandbox, which kills its VMM.
-                client
-                    .agent
-                    .setup_pod_network(ctx(), &network.request())
-                    .map_err(|e| anyhow!("set up the pod's network: {e}"))?;
-                Ok((sandbox, client))
-            });
-        match booted {
-            Ok((sandbox, client)) => {
-                let pids = HostPids {
-                    vmm: ProcRef::of(sandbox.vmm_pid() as i32),
-                    virtiofsd: Some(virtiofsd),
-                    agent: None,
-                    host_cgroup: Some(cgroup.clone()),
-                };
-                if let Err(e) = pids.save(&self.dir) {
-                    tracing::warn!(error = %e, "record the pod's host processes");
-                }
-                self.backend = Some(Backend::Vm(Vm {
-                    sandbox,
-                    virtiofsd,
-                    client,
-                    network,
-                }));
-                Ok(())
-            }
-            Err(e) => {
-                virtiofsd.signal(Signal::SIGTERM);
-                virtiofsd.stop(Duration::from_secs(5));
-                network::disconnect(&network);
-                Err(e.context("boot the pod's VM"))
-            }
-        }
+        let sandbox = Sandbox::boot(&self.config, &plan)?;
+        self.backend = Some(Backend::Vm(Box::new(sandbox)));
+        Ok(())
     }
 
     /// Creates container `id` from `bundle`: mounts containerd's rootfs
@@ -387,14 +289,7 @@ impl Pod {
         .with_context(|| format!("{}/config.json is not valid JSON", bundle.display()))?;
         // A pod's later containers take its isolation; one that asks for
         // another by annotation is refused.
-        let asked: Option<Isolation> = spec["annotations"][crate::oci::ISOLATION_ANNOTATION]
-            .as_str()
-            .map(|value| {
-                value.parse().map_err(|e: String| {
-                    anyhow!("annotation {}: {e}", crate::oci::ISOLATION_ANNOTATION)
-                })
-            })
-            .transpose()?;
+        let asked = Isolation::annotated(&spec)?;
         let running = self.backend.as_ref().map(Backend::isolation);
         let isolation = match (running, asked) {
             (Some(running), Some(asked)) if running != asked => bail!(
@@ -443,7 +338,7 @@ impl Pod {
                 Ok(())
             }
             Err(e) => {
-                let _ = share::teardown(&state::share_dir(&self.dir), id);
+                let _ = share::teardown(&sandbox::share_dir(&self.dir), id);
                 if let Some(target) = &rootfs_mount {
                     unmount(target);
                 }
@@ -480,15 +375,11 @@ impl Pod {
         };
         let streams = Streams::connect(&self.stdio()?, id, "", fifos.terminal)?;
         let relays = io::relay(streams, &fifos)?;
-        let mut req = CreateContainerRequest::new();
-        req.container_id = id.to_owned();
-        req.spec_json = serde_json::to_vec(&agent_spec)?;
-        let client = self.client()?;
-        if let Err(e) = client.agent.create_container(ctx(), &req) {
-            let err = rpc_error("create in the agent", id, e);
+        let agent = self.agent()?;
+        if let Err(err) = agent.create(id, &agent_spec) {
             match self.backend.as_mut() {
-                Some(Backend::Vm(v)) => {
-                    let message = format!("{err:#}; {}", v.sandbox.post_mortem());
+                Some(Backend::Vm(sandbox)) => {
+                    let message = format!("{err:#}; {}", sandbox.post_mortem());
                     return Err(match kind_of(&err) {
                         Some(kind) => kind.err(message),
                         None => anyhow!(message),
@@ -500,18 +391,14 @@ impl Pod {
         let pid = match isolation {
             Isolation::Vm => 0,
             Isolation::Namespace => {
-                let pid = client
-                    .agent
-                    .state_container(ctx(), &container_req(id))
-                    .map_err(|e| rpc_error("state", id, e))
-                    .and_then(|s| {
-                        u32::try_from(s.pid)
-                            .map_err(|_| anyhow!("container {id}: the agent gave pid {}", s.pid))
-                    });
+                let pid = agent.state(id).and_then(|s| {
+                    u32::try_from(s.pid)
+                        .map_err(|_| anyhow!("container {id}: the agent gave pid {}", s.pid))
+                });
                 match pid {
                     Ok(pid) => pid,
                     Err(e) => {
-                        let _ = force_remove(client, id);
+                        let _ = agent.remove(id);
                         return Err(e);
                     }
                 }
@@ -532,7 +419,7 @@ impl Pod {
             .run(id, HostHook::Prestart, vmm)
             .and_then(|()| hooks.run(id, HostHook::CreateRuntime, vmm));
         if ran.is_err() {
-            if let Err(e) = force_remove(self.client()?, id) {
+            if let Err(e) = self.agent()?.remove(id) {
                 tracing::warn!(id, error = %e, "remove the container in the agent");
             }
             hooks.run_logged(id, HostHook::Poststop, vmm);
@@ -544,7 +431,7 @@ impl Pod {
     /// the pod's network, and (for a pod's later containers) in the
     /// sandbox's namespaces in the guest.
     fn guest_spec(&self, id: &str, bundle: &Path, spec: &Value) -> Result<Value> {
-        let mut guest_spec = share::prepare(id, bundle, spec, &state::share_dir(&self.dir))?;
+        let mut guest_spec = share::prepare(id, bundle, spec, &sandbox::share_dir(&self.dir))?;
         use_pod_network(&mut guest_spec);
         let sandbox = self.sandbox_id();
         if sandbox.as_deref() != Some(id)
@@ -570,10 +457,9 @@ impl Pod {
             return Ok(());
         };
         let pid = self
-            .client()?
-            .agent
-            .state_container(ctx(), &container_req(&sandbox))
-            .map_err(|e| rpc_error("state, as the pod's sandbox", &sandbox, e))?
+            .agent()?
+            .state(&sandbox)
+            .context("the pod's sandbox container")?
             .pid;
         let joined = |kind: &str| {
             spec["linux"]["namespaces"].as_array().is_some_and(|n| {
@@ -631,7 +517,7 @@ impl Pod {
         exec_id: &str,
         on_exit: impl FnOnce(Exited) + Send + 'static,
     ) -> Result<()> {
-        let client = self.client()?.clone();
+        let agent = self.agent()?.clone();
         let stdio = self.stdio()?;
         let host_agent = match &self.backend {
             Some(Backend::Host(host)) => Some(Arc::clone(&host.ended)),
@@ -647,24 +533,17 @@ impl Pod {
             )));
         }
         if exec_id.is_empty() {
-            client
-                .agent
-                .start_container(ctx(), &container_req(id))
-                .map_err(|e| rpc_error("start", id, e))?;
+            agent.start(id)?;
         } else {
             let streams = Streams::connect(&stdio, id, exec_id, p.fifos.terminal)?;
             p.relays = Some(io::relay(streams, &p.fifos)?);
-            let mut req = ExecProcessRequest::new();
-            req.container_id = id.to_owned();
-            req.exec_id = exec_id.to_owned();
-            req.process_json = serde_json::to_vec(&p.exec_spec.take().unwrap_or_default())?;
-            match client.agent.exec_process(ctx(), &req) {
-                Ok(resp) => p.pid = u32::try_from(resp.pid).unwrap_or_default(),
+            match agent.exec(id, exec_id, &p.exec_spec.take().unwrap_or_default()) {
+                Ok(pid) => p.pid = pid,
                 Err(e) => {
                     if let Some(r) = p.relays.take() {
                         r.close_stdin();
                     }
-                    return Err(rpc_error("exec", id, e));
+                    return Err(e);
                 }
             }
         }
@@ -682,10 +561,15 @@ impl Pod {
         {
             hooks.run_logged(id, HostHook::Poststart, vmm);
         }
-        let host_oom = self.host_cgroup.as_ref().and_then(HostCgroup::oom_watch);
+        let host_oom = match &self.backend {
+            Some(Backend::Vm(sandbox)) => sandbox.host_cgroup().and_then(HostCgroup::oom_watch),
+            _ => None,
+        };
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || {
-            let (status, oom_killed) = monitor::wait_process(&client, &id, &exec_id)
+            let (status, oom_killed) = agent
+                .wait(&id, &exec_id)
+                .map(|exit| (exit.status, exit.oom_killed))
                 .unwrap_or_else(|e| {
                     tracing::warn!(id, exec_id, error = %e, "the process could not be waited for");
                     // An agent on the host that died leaves its containers
@@ -699,14 +583,14 @@ impl Pod {
                     // A VMM the host's OOM killer ended took the process
                     // with it the same way.
                     let oom_killed = host_oom.as_ref().is_some_and(OomWatch::fired);
-                    (monitor::LOST_STATUS, oom_killed)
+                    (LOST_STATUS, oom_killed)
                 });
             let exited = Exited {
                 status: status as u32,
                 at: SystemTime::now(),
                 oom_killed,
             };
-            stdio::join_bounded(outputs, monitor::DRAIN_BOUND);
+            stdio::join_bounded(outputs, DRAIN_BOUND);
             // Recorded before the exit event goes out: CRI deletes a task as
             // soon as it sees that event. Released after it: Wait returns,
             // and Delete publishes its own event, only once it is out.
@@ -729,75 +613,38 @@ impl Pod {
                 name(exec_id)
             )));
         }
-        let mut req = SignalProcessRequest::new();
-        req.container_id = id.to_owned();
-        req.exec_id = exec_id.to_owned();
-        req.signal = signal;
-        req.all = all;
-        self.client()?
-            .agent
-            .signal_process(ctx(), &req)
-            .map_err(|e| rpc_error("kill", id, e))?;
-        Ok(())
+        self.agent()?.signal(id, exec_id, signal, all)
     }
 
     pub fn set_paused(&mut self, id: &str, paused: bool) -> Result<()> {
-        let req = container_req(id);
-        let client = self.client()?;
-        let done = if paused {
-            client.agent.pause_container(ctx(), &req)
+        let agent = self.agent()?;
+        if paused {
+            agent.pause(id)?;
         } else {
-            client.agent.resume_container(ctx(), &req)
-        };
-        done.map_err(|e| rpc_error(if paused { "pause" } else { "resume" }, id, e))?;
+            agent.resume(id)?;
+        }
         self.container_mut(id)?.paused = paused;
         Ok(())
     }
 
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         self.container(id)?;
-        let resp = self
-            .client()?
-            .agent
-            .list_processes(ctx(), &container_req(id))
-            .map_err(|e| rpc_error("pids", id, e))?;
-        Ok(resp.pids)
+        self.agent()?.pids(id)
     }
 
     pub fn update(&self, id: &str, resources: &Value) -> Result<()> {
         self.container(id)?;
-        let mut req = UpdateContainerRequest::new();
-        req.container_id = id.to_owned();
-        req.resources_json = serde_json::to_vec(resources)?;
-        self.client()?
-            .agent
-            .update_container(ctx(), &req)
-            .map_err(|e| rpc_error("update", id, e))?;
-        Ok(())
+        self.agent()?.update(id, resources)
     }
 
     pub fn stats(&self, id: &str) -> Result<Value> {
         self.container(id)?;
-        let resp = self
-            .client()?
-            .agent
-            .stats_container(ctx(), &container_req(id))
-            .map_err(|e| rpc_error("stats", id, e))?;
-        Ok(serde_json::from_slice(&resp.stats_json)?)
+        self.agent()?.stats(id)
     }
 
     pub fn resize(&self, id: &str, exec_id: &str, columns: u32, rows: u32) -> Result<()> {
         self.container(id)?.process(exec_id)?;
-        let mut req = TtyWinResizeRequest::new();
-        req.container_id = id.to_owned();
-        req.exec_id = exec_id.to_owned();
-        req.rows = rows;
-        req.columns = columns;
-        self.client()?
-            .agent
-            .tty_win_resize(ctx(), &req)
-            .map_err(|e| rpc_error("resize", id, e))?;
-        Ok(())
+        self.agent()?.resize(id, exec_id, columns, rows)
     }
 
     pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
@@ -822,8 +669,8 @@ impl Pod {
         }
         let exited = c.init.exit.get();
         let vmm = self.task_pid(id, "");
-        if let Ok(client) = self.client() {
-            if let Err(e) = force_remove(client, id) {
+        if let Ok(agent) = self.agent() {
+            if let Err(e) = agent.remove(id) {
                 tracing::warn!(id, error = %e, "remove the container in the agent");
             }
         }
@@ -831,7 +678,7 @@ impl Pod {
             if let Some(r) = &c.init.relays {
                 r.close_stdin();
             }
-            if let Err(e) = share::teardown(&state::share_dir(&self.dir), id) {
+            if let Err(e) = share::teardown(&sandbox::share_dir(&self.dir), id) {
                 tracing::warn!(id, error = %e, "unmount the container's share");
             }
             if let Some(target) = &c.rootfs_mount {
@@ -851,18 +698,8 @@ impl Pod {
     /// directory down.
     pub fn shut_down(&mut self) {
         match self.backend.take() {
-            Some(Backend::Vm(vm)) => {
-                if let Err(e) = vm.sandbox.destroy(&vm.client, TEARDOWN_GRACE) {
-                    tracing::warn!(error = %e, "stop the pod's VM");
-                }
-                vm.virtiofsd.signal(Signal::SIGTERM);
-                vm.virtiofsd.stop(Duration::from_secs(5));
-                network::disconnect(&vm.network);
-                if let Some(cgroup) = self.host_cgroup.take() {
-                    if let Err(e) = cgroup.remove() {
-                        tracing::warn!(error = %e, "remove the pod's host cgroup");
-                    }
-                }
+            Some(Backend::Vm(sandbox)) => {
+                sandbox.shutdown();
             }
             Some(Backend::Host(host)) => {
                 host.stop();
@@ -874,10 +711,6 @@ impl Pod {
             }
             None => {}
         }
-        let share = state::share_dir(&self.dir);
-        for id in self.containers.keys() {
-            let _ = share::teardown(&share, id);
-        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "remove the pod directory");
@@ -885,13 +718,6 @@ impl Pod {
         }
     }
 }
-
-/// How long a pod's guest has to power off before its VMM is killed. Its
-/// containers are gone by then and nothing in it is kept, while the pod
-/// lock is held meanwhile: containerd's calls (State, and the deletes of
-/// its sandbox-exit handler, bounded at 10 s) wait on it. Two guests
-/// shutting down at once in the emulated KVM host took over 30 s.
-const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// The spec as the host agent runs it: the bundle's, with the root and
 /// relative bind mount sources made absolute (they are the bundle's, and
@@ -924,89 +750,18 @@ fn use_pod_network(guest: &mut Value) {
     }
 }
 
-/// The pod's resources, as CRI annotates its sandbox container, on top of
-/// the configured VM size: the pod's memory, and as many more vCPUs as its
-/// CPU quota spans whole periods (rounded up).
-fn add_pod_resources(sized: &mut crate::sandbox::SandboxSpec, spec: &Value) {
-    let annotation = |key: &str| -> Option<u64> {
-        spec["annotations"][key]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-    };
-    if let Some(bytes) = annotation("io.kubernetes.cri.sandbox-memory") {
-        sized.memory_mib += bytes.div_ceil(1 << 20);
-    }
-    let quota = annotation("io.kubernetes.cri.sandbox-cpu-quota");
-    let period = annotation("io.kubernetes.cri.sandbox-cpu-period");
-    if let (Some(quota), Some(period)) = (quota, period) {
-        if quota > 0 && period > 0 {
-            let extra = u8::try_from(quota.div_ceil(period)).unwrap_or(u8::MAX);
-            sized.vcpus = sized.vcpus.saturating_add(extra);
-        }
-    }
-}
-
-/// The pod's host processes, recorded in its directory so that `delete`
-/// can end them after the shim itself was killed.
-#[derive(serde::Serialize, serde::Deserialize, Default)]
-struct HostPids {
-    vmm: Option<ProcRef>,
-    virtiofsd: Option<ProcRef>,
-    #[serde(default)]
-    agent: Option<ProcRef>,
-    #[serde(default)]
-    host_cgroup: Option<HostCgroupRef>,
-}
-
-impl HostPids {
-    fn path(dir: &Path) -> PathBuf {
-        dir.join("host-pids.json")
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::write(Self::path(dir), serde_json::to_vec(self)?)?;
-        Ok(())
-    }
-}
-
-/// What a shim that died left of pod `dir`: its VMM and virtiofsd, or its
-/// host agent, are stopped, every share and the directory removed. For
+/// What a shim that died left of pod `dir`: its VM or host agent is
+/// stopped, every share unmounted and the directory removed. For
 /// containerd's `shim delete`.
 pub fn clean_up_after(dir: &Path) {
-    if let Ok(text) = std::fs::read(HostPids::path(dir)) {
-        if let Ok(pids) = serde_json::from_slice::<HostPids>(&text) {
-            for p in [pids.vmm, pids.virtiofsd, pids.agent].into_iter().flatten() {
-                p.signal(Signal::SIGKILL);
-                p.stop(Duration::from_secs(5));
-            }
-            if let Some(at) = &pids.host_cgroup {
-                if let Err(e) = HostCgroup::open(at, "sandbox").and_then(HostCgroup::remove) {
-                    tracing::warn!(error = %e, "remove the pod's host cgroup");
-                }
-            }
-        }
+    if let Err(e) = sandbox::end_recorded(dir, "sandbox", || {}) {
+        tracing::warn!(error = %e, "end the pod's sandbox");
     }
     if !super::host::remove_leftovers(dir) {
         tracing::warn!(dir = %dir.display(), "containers are left; keeping the pod directory");
         return;
     }
-    let share = state::share_dir(dir);
-    if let Ok(entries) = std::fs::read_dir(&share) {
-        for e in entries.flatten() {
-            if let Some(id) = e.file_name().to_str() {
-                let _ = share::teardown(&share, id);
-            }
-        }
-    }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Has the agent remove container `id`, killing what still runs of it.
-fn force_remove(client: &AgentClient, id: &str) -> ttrpc::Result<()> {
-    let mut req = RemoveContainerRequest::new();
-    req.container_id = id.to_owned();
-    req.force = true;
-    client.agent.remove_container(ctx(), &req).map(|_| ())
 }
 
 fn no_process(exec_id: &str) -> anyhow::Error {
@@ -1091,36 +846,7 @@ fn unmount(target: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::SandboxSpec;
     use serde_json::json;
-
-    #[test]
-    fn the_pod_annotations_add_to_the_configured_size() {
-        let base = SandboxSpec {
-            vcpus: 1,
-            memory_mib: 256,
-            fs: Vec::new(),
-            nics: Vec::new(),
-        };
-        let mut sized = base.clone();
-        add_pod_resources(
-            &mut sized,
-            &json!({"annotations": {
-                "io.kubernetes.cri.sandbox-memory": "134217728",
-                "io.kubernetes.cri.sandbox-cpu-quota": "150000",
-                "io.kubernetes.cri.sandbox-cpu-period": "100000",
-            }}),
-        );
-        assert_eq!((sized.vcpus, sized.memory_mib), (3, 384));
-        // No quota ("-1" or absent) and no memory: the configured size.
-        let mut plain = base.clone();
-        add_pod_resources(
-            &mut plain,
-            &json!({"annotations": {"io.kubernetes.cri.sandbox-cpu-quota": "-1",
-                                    "io.kubernetes.cri.sandbox-cpu-period": "100000"}}),
-        );
-        assert_eq!((plain.vcpus, plain.memory_mib), (1, 256));
-    }
 
     #[test]
     fn an_exit_is_seen_when_recorded_and_waited_for_once_released() {

@@ -1,80 +1,43 @@
 //! VM mode of the OCI command line: one microVM per container. `create`
-//! shares the bundle over virtio-fs (virtiofsd), boots the VMM, starts the
-//! monitor (the process that stands for the container on the host) and has
-//! the agent create the container; the other commands talk to the agent;
-//! `delete` takes all of it down.
+//! shares the bundle over virtio-fs, boots the container's sandbox (see
+//! `sandbox`), starts the monitor (the process that stands for the
+//! container on the host) and has the agent create the container; the
+//! other commands talk to the agent; `delete` takes all of it down.
 //!
 //! - [`state`]: what is remembered between commands;
-//! - [`share`]: the shared directory and the guest's view of the spec;
-//! - [`process`]: host processes known by pid and start time;
-//! - [`stdio`]: the stdio streams to the agent;
 //! - [`monitor`]: the --pid-file process.
 
 pub mod monitor;
-pub mod process;
-pub mod share;
 pub mod state;
-pub mod stdio;
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kata_rs_engine::hooks::HostHook;
 use kata_rs_engine::lock::IdLock;
 use kata_rs_engine::OciState;
-use kata_rs_protocol::agent::{
-    ContainerRequest, CreateContainerRequest, ExecProcessRequest, SignalProcessRequest,
-    UpdateContainerRequest,
-};
-use kata_rs_protocol::{AgentClient, SHARED_FS_TAG};
-use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::cli::{CreateArgs, ExecArgs};
 use super::console::{self, OwnConsole};
 use crate::config::Config;
-use crate::error::Kind;
-use crate::host_cgroup::HostCgroup;
-use crate::sandbox::{SandboxSpec, VmSandbox};
-use process::ProcRef;
+use crate::error::kind_of;
+use crate::sandbox::agent::Agent;
+use crate::sandbox::process::ProcRef;
+use crate::sandbox::record::Record;
+use crate::sandbox::size::{memory_limit, Size};
+use crate::sandbox::{self, share, Network, Plan, Sandbox};
 use state::VmState;
 
-/// Bound for one RPC that does not wait for a process.
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the guest may take to boot to a serving agent.
-pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const VIRTIOFSD_READY: Duration = Duration::from_secs(10);
 const MONITOR_READY: Duration = Duration::from_secs(60);
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
-pub(crate) fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
-}
-
-/// An agent's failed answer, with its kind where its status code has one.
-pub(crate) fn rpc_error(what: &str, id: &str, e: ttrpc::Error) -> anyhow::Error {
-    let (text, kind) = match &e {
-        ttrpc::Error::RpcStatus(s) => (s.message().to_owned(), Kind::of_code(s.code())),
-        other => (other.to_string(), None),
-    };
-    let message = format!("container {id}: {what}: {text}");
-    match kind {
-        Some(kind) => kind.err(message),
-        None => anyhow::anyhow!(message),
-    }
-}
-
-pub(crate) fn container_req(id: &str) -> ContainerRequest {
-    let mut req = ContainerRequest::new();
-    req.container_id = id.to_owned();
-    req
-}
+/// How long the monitor has to exit once its VM is gone.
+const MONITOR_GRACE: Duration = Duration::from_secs(5);
 
 /// The ids of the VM containers under `root`.
 pub fn ids(root: &Path) -> Vec<String> {
@@ -91,6 +54,7 @@ pub fn ids(root: &Path) -> Vec<String> {
 /// A VM container loaded under its lock.
 pub struct Vm {
     pub state: VmState,
+    sandbox: Record,
     root: PathBuf,
     lock: IdLock,
 }
@@ -99,8 +63,10 @@ impl Vm {
     pub fn load(root: &Path, id: &str) -> Result<Self> {
         let lock = IdLock::acquire(root, id)?;
         let state = VmState::load(root, id)?;
+        let sandbox = Record::load(&state::dir(root, id))?;
         Ok(Vm {
             state,
+            sandbox,
             root: root.to_owned(),
             lock,
         })
@@ -111,41 +77,43 @@ impl Vm {
     }
 
     fn uds(&self) -> PathBuf {
-        crate::sandbox::vsock_uds(&self.dir())
+        sandbox::vsock_uds(&self.dir())
     }
 
-    fn agent(&self) -> Result<AgentClient> {
-        if let Some(why) = self.state.vmm.gone() {
+    /// Why the VM no longer runs, or None while it does.
+    fn vm_gone(&self) -> Option<String> {
+        match &self.sandbox.vmm {
+            Some(vmm) => vmm.gone(),
+            None => Some("no VMM is recorded".to_owned()),
+        }
+    }
+
+    fn agent(&self) -> Result<Agent> {
+        if let Some(why) = self.vm_gone() {
             bail!(
                 "container {}: its VM is not running (the VMM: {why}; {})",
                 self.state.id,
-                crate::sandbox::vmm_last_words(&self.dir())
+                sandbox::vmm::vmm_last_words(&self.dir())
             );
         }
-        monitor::agent(&self.uds())
+        Agent::connect(&self.uds())
     }
 
     /// The status the OCI spec means: stopped once the monitor (which lives
     /// exactly as long as the container) or the VM is gone, else the
     /// agent's view.
     pub fn status(&self) -> String {
-        if !self.state.monitor.alive() || !self.state.vmm.alive() {
+        if !self.state.monitor.alive() || self.vm_gone().is_some() {
             return "stopped".into();
         }
-        let asked = self.agent().and_then(|c| {
-            c.agent
-                .state_container(ctx(), &container_req(&self.state.id))
-                .map_err(|e| rpc_error("state", &self.state.id, e))
-        });
-        match asked {
-            Ok(resp) => resp.status,
+        match self.agent().and_then(|a| a.state(&self.state.id)) {
+            Ok(state) => state.status,
             Err(e) => {
                 tracing::debug!(error = %e, "the agent did not say; using the recorded status");
                 self.state.status.clone()
             }
         }
     }
-
     pub fn oci_state(&self) -> OciState {
         let status = self.status();
         let rootfs = kata_rs_engine::load_bundle_spec(&self.state.id, &self.state.bundle)
@@ -177,11 +145,7 @@ impl Vm {
                 self.state.id
             );
         }
-        let client = self.agent()?;
-        client
-            .agent
-            .start_container(ctx(), &container_req(&self.state.id))
-            .map_err(|e| rpc_error("start", &self.state.id, e))?;
+        self.agent()?.start(&self.state.id)?;
         self.state.status = "running".into();
         self.state.save(&self.root)?;
         if let Err(e) = run_hooks(&self.state, HostHook::Poststart) {
@@ -201,67 +165,39 @@ impl Vm {
         if status == "stopped" {
             return Ok(());
         }
-        let mut req = SignalProcessRequest::new();
-        req.container_id = self.state.id.clone();
-        req.signal = signal as u32;
-        req.all = all;
-        self.agent()?
-            .agent
-            .signal_process(ctx(), &req)
-            .map_err(|e| rpc_error("kill", &self.state.id, e))?;
-        Ok(())
+        self.agent()?.signal(&self.state.id, "", signal as u32, all)
     }
 
-    fn simple(&mut self, what: &'static str, status: Option<&str>) -> Result<()> {
-        let client = self.agent()?;
-        let req = container_req(&self.state.id);
-        let result = match what {
-            "pause" => client.agent.pause_container(ctx(), &req),
-            _ => client.agent.resume_container(ctx(), &req),
-        };
-        result.map_err(|e| rpc_error(what, &self.state.id, e))?;
-        if let Some(s) = status {
-            self.state.status = s.into();
-            self.state.save(&self.root)?;
+    /// Pauses or resumes the container.
+    fn set_paused(&mut self, paused: bool) -> Result<()> {
+        let agent = self.agent()?;
+        if paused {
+            agent.pause(&self.state.id)?;
+        } else {
+            agent.resume(&self.state.id)?;
         }
-        Ok(())
+        self.state.status = if paused { "paused" } else { "running" }.into();
+        self.state.save(&self.root)
     }
 
     pub fn pause(&mut self) -> Result<()> {
-        self.simple("pause", Some("paused"))
+        self.set_paused(true)
     }
 
     pub fn resume(&mut self) -> Result<()> {
-        self.simple("resume", Some("running"))
+        self.set_paused(false)
     }
 
     pub fn pids(&self) -> Result<Vec<i32>> {
-        let resp = self
-            .agent()?
-            .agent
-            .list_processes(ctx(), &container_req(&self.state.id))
-            .map_err(|e| rpc_error("ps", &self.state.id, e))?;
-        Ok(resp.pids)
+        self.agent()?.pids(&self.state.id)
     }
 
     pub fn update(&self, resources: &Value) -> Result<()> {
-        let mut req = UpdateContainerRequest::new();
-        req.container_id = self.state.id.clone();
-        req.resources_json = serde_json::to_vec(resources)?;
-        self.agent()?
-            .agent
-            .update_container(ctx(), &req)
-            .map_err(|e| rpc_error("update", &self.state.id, e))?;
-        Ok(())
+        self.agent()?.update(&self.state.id, resources)
     }
 
     pub fn stats(&self) -> Result<Value> {
-        let resp = self
-            .agent()?
-            .agent
-            .stats_container(ctx(), &container_req(&self.state.id))
-            .map_err(|e| rpc_error("stats", &self.state.id, e))?;
-        Ok(serde_json::from_slice(&resp.stats_json)?)
+        self.agent()?.stats(&self.state.id)
     }
 
     /// Stops the VM, virtiofsd and the monitor, runs the poststop hooks and
@@ -274,12 +210,10 @@ impl Vm {
                 self.state.id
             );
         }
-        teardown(&self.state, &self.dir());
-        if let Some(at) = &self.state.host_cgroup {
-            HostCgroup::open(at, &self.state.id)
-                .and_then(HostCgroup::remove)
-                .with_context(|| format!("container {}", self.state.id))?;
-        }
+        // Without its VM the monitor's wait fails and it exits by itself.
+        let monitor = self.state.monitor;
+        sandbox::end_recorded(&self.dir(), &self.state.id, || monitor.stop(MONITOR_GRACE))
+            .with_context(|| format!("container {}", self.state.id))?;
         if let Err(e) = run_hooks(&self.state, HostHook::Poststop) {
             tracing::warn!(id = %self.state.id, error = %e, "poststop hook failed");
         }
@@ -288,95 +222,6 @@ impl Vm {
         self.lock.remove();
         Ok(())
     }
-}
-
-/// Ends every host process of a VM container and unmounts its share.
-fn teardown(st: &VmState, dir: &Path) {
-    if st.vmm.alive() {
-        if let Ok(client) = monitor::agent(&crate::sandbox::vsock_uds(dir)) {
-            let req = kata_rs_protocol::agent::DestroySandboxRequest::new();
-            let _ = client.agent.destroy_sandbox(
-                ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64),
-                &req,
-            );
-        }
-        st.vmm.stop(SHUTDOWN_GRACE);
-    }
-    // Without its VM the monitor's wait fails and it exits by itself.
-    st.monitor.stop(Duration::from_secs(5));
-    st.virtiofsd.signal(Signal::SIGTERM);
-    st.virtiofsd.stop(Duration::from_secs(5));
-    if let Err(e) = share::teardown(&state::share_dir(dir), &st.id) {
-        tracing::warn!(id = %st.id, error = %e, "unmount the share");
-    }
-}
-
-pub(crate) fn start_virtiofsd(config: &Config, dir: &Path) -> Result<ProcRef> {
-    let socket = state::virtiofsd_socket(dir);
-    let log = std::fs::File::create(dir.join("virtiofsd.log"))?;
-    let program = crate::config::resolve_program(&config.virtiofsd.path).with_context(|| {
-        format!(
-            "virtiofsd {} was not found (set virtiofsd.path in the configuration)",
-            config.virtiofsd.path.display()
-        )
-    })?;
-    let mut cmd = Command::new(&program);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--shared-dir")
-        .arg(state::share_dir(dir))
-        .args([
-            "--cache",
-            "never",
-            "--announce-submounts",
-            "--sandbox",
-            "chroot",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut child = spawn_in_own_session(&mut cmd, &program)?;
-    let deadline = Instant::now() + VIRTIOFSD_READY;
-    while !socket.exists() {
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(dir.join("virtiofsd.log")).unwrap_or_default();
-            bail!("virtiofsd exited with {status}: {}", log.trim());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("virtiofsd did not open {} in time", socket.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    crate::host_cgroup::oom_victim_before_caller(child.id());
-    ProcRef::of(child.id() as i32).context("virtiofsd vanished")
-}
-
-/// Spawns `cmd` (running `program`) as a session of its own: the signals a
-/// terminal sends the caller's group are not its to get.
-pub(crate) fn spawn_in_own_session(cmd: &mut Command, program: &Path) -> Result<Child> {
-    // SAFETY: setsid is async-signal-safe and touches no Rust state.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .with_context(|| format!("start {}", program.display()))
-}
-
-/// The VM's memory: the configured size plus the container's memory limit,
-/// so that a limit larger than the default still fits.
-pub(crate) fn sandbox_spec(config: &Config, spec: &Value) -> SandboxSpec {
-    let mut sized = SandboxSpec::from_config(&config.hypervisor);
-    if let Some(limit) = spec["linux"]["resources"]["memory"]["limit"].as_i64() {
-        if limit > 0 {
-            sized.memory_mib += (limit as u64).div_ceil(1 << 20);
-        }
-    }
-    sized
 }
 
 /// Spawns the monitor of process (`id`, `exec_id`) as a new session, and
@@ -451,171 +296,103 @@ pub fn create(root: &Path, config: &Config, args: &CreateArgs, systemd: bool) ->
         bail!("container {id} already exists");
     }
     std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-    // Joined first: virtiofsd, the VMM and the monitor are born in it.
-    let created = HostCgroup::create_and_join(&host_cgroups_path(&spec, id), id, systemd).and_then(
-        |cgroup| {
-            let mut made = Made::default();
-            let created = create_in(root, config, args, &cgroup, &bundle, &spec, &mut made);
-            if created.is_err() {
-                made.undo(&dir, id);
-                if let Err(e) = cgroup.remove() {
-                    tracing::warn!(id, error = %e, "remove the host cgroup after a failed create");
-                }
-            }
-            created
-        },
-    );
-    created.map_err(|e| {
+    let plan = Plan {
+        id: id.clone(),
+        dir: dir.clone(),
+        cgroups_path: sandbox::host_cgroups_path(&spec, id),
+        systemd,
+        size: Size::of_container(&config.hypervisor, &spec),
+        limit_memory: memory_limit(&spec).is_some(),
+        network: Network::None,
+    };
+    create_in(root, config, args, &plan, &bundle, &spec).map_err(|e| {
+        if let Err(e) = share::teardown(&sandbox::share_dir(&dir), id) {
+            tracing::warn!(id, error = %e, "unmount the share after a failed create");
+        }
         let _ = std::fs::remove_dir_all(&dir);
         lock.remove();
         e.context(format!("container {id}: create"))
     })
 }
 
-/// What a create made so far, to undo on failure.
-#[derive(Default)]
-struct Made {
-    virtiofsd: Option<ProcRef>,
-    sandbox: Option<VmSandbox>,
-    monitor: Option<std::process::Child>,
-}
-
-impl Made {
-    fn undo(&mut self, dir: &Path, id: &str) {
-        if let Some(mut m) = self.monitor.take() {
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-        drop(self.sandbox.take());
-        if let Some(v) = self.virtiofsd.take() {
-            v.signal(Signal::SIGTERM);
-            v.stop(Duration::from_secs(5));
-        }
-        if let Err(e) = share::teardown(&state::share_dir(dir), id) {
-            tracing::warn!(id, error = %e, "unmount the share after a failed create");
-        }
-    }
-}
-
+/// Boots the container's sandbox and has its agent create the container;
+/// on failure, what it made is gone again.
 fn create_in(
     root: &Path,
     config: &Config,
     args: &CreateArgs,
-    cgroup: &HostCgroup,
+    plan: &Plan,
     bundle: &Path,
     spec: &Value,
-    made: &mut Made,
 ) -> Result<()> {
     let id = &args.id;
-    let dir = &state::dir(root, id);
-    let guest_spec = share::prepare(id, bundle, spec, &state::share_dir(dir))?;
-    let mut sized = sandbox_spec(config, spec);
-    sized.memory_mib = size_in_cgroup(cgroup, config, spec, sized.memory_mib)?;
-    made.virtiofsd = Some(start_virtiofsd(config, dir)?);
-    sized
-        .fs
-        .push((SHARED_FS_TAG.to_owned(), state::virtiofsd_socket(dir)));
-    let mut sandbox = VmSandbox::start(&config.hypervisor, &sized, dir)?;
-    let vmm = ProcRef::of(sandbox.vmm_pid() as i32).context("the VMM vanished")?;
-    let client = sandbox.wait_for_agent(BOOT_TIMEOUT);
-    made.sandbox = Some(sandbox);
-    let client = client?;
-
-    let (monitor, control) = spawn_monitor(
+    let guest_spec = share::prepare(id, bundle, spec, &sandbox::share_dir(&plan.dir))?;
+    // The monitor is born in the sandbox's host cgroup, which boot joins.
+    let mut sandbox = Sandbox::boot(config, plan)?;
+    let (mut monitor, control) = spawn_monitor(
         root,
         id,
         None,
         terminal(spec),
         args.console_socket.as_deref(),
     )?;
-    let monitor_ref = ProcRef::of(monitor.id() as i32).context("the monitor vanished")?;
-    made.monitor = Some(monitor);
-
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.clone();
-    req.spec_json = serde_json::to_vec(&guest_spec)?;
-    if let Err(e) = client.agent.create_container(ctx(), &req) {
+    let kill_monitor = |monitor: &mut std::process::Child| {
+        let _ = monitor.kill();
+        let _ = monitor.wait();
+    };
+    if let Err(e) = sandbox.agent().create(id, &guest_spec) {
+        kill_monitor(&mut monitor);
         // A guest or VMM that died under the request explains itself in
         // its logs.
-        let why = made
-            .sandbox
-            .as_mut()
-            .map(VmSandbox::post_mortem)
-            .unwrap_or_default();
-        bail!("{:#}; {why}", rpc_error("create in the guest", id, e));
+        let message = format!("{e:#}; {}", sandbox.post_mortem());
+        return Err(match kind_of(&e) {
+            Some(kind) => kind.err(message),
+            None => anyhow::anyhow!(message),
+        });
     }
-    std::io::Write::write_all(&mut &control, b"go\n").context("release the monitor")?;
-
-    let st = VmState {
-        id: id.clone(),
-        bundle: bundle.to_owned(),
-        status: "created".into(),
-        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        owner: nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| nix::unistd::geteuid().to_string()),
-        annotations: spec["annotations"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                    .collect::<HashMap<_, _>>()
-            })
-            .unwrap_or_default(),
-        vmm,
-        virtiofsd: made.virtiofsd.expect("started above"),
-        monitor: monitor_ref,
-        host_cgroup: Some(cgroup.reference().clone()),
-    };
-    st.save(root)?;
-    run_hooks(&st, HostHook::Prestart)?;
-    run_hooks(&st, HostHook::CreateRuntime)?;
-    if let Some(path) = &args.pid_file {
-        write_pid_file(path, monitor_ref.pid)?;
+    let recorded = std::io::Write::write_all(&mut &control, b"go\n")
+        .context("release the monitor")
+        .and_then(|()| ProcRef::of(monitor.id() as i32).context("the monitor vanished"))
+        .and_then(|monitor| {
+            let st = VmState {
+                id: id.clone(),
+                bundle: bundle.to_owned(),
+                status: "created".into(),
+                created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                owner: nix::unistd::User::from_uid(nix::unistd::geteuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_else(|| nix::unistd::geteuid().to_string()),
+                annotations: spec["annotations"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                            .collect::<HashMap<_, _>>()
+                    })
+                    .unwrap_or_default(),
+                monitor,
+            };
+            st.save(root)?;
+            run_hooks(&st, HostHook::Prestart)?;
+            run_hooks(&st, HostHook::CreateRuntime)?;
+            if let Some(path) = &args.pid_file {
+                write_pid_file(path, monitor.pid)?;
+            }
+            Ok(())
+        });
+    match recorded {
+        // Everything stands: the VMM, virtiofsd and the monitor outlive us.
+        Ok(()) => {
+            sandbox.detach();
+            Ok(())
+        }
+        Err(e) => {
+            kill_monitor(&mut monitor);
+            Err(e)
+        }
     }
-    // Everything stands: the VMM, virtiofsd and the monitor outlive us.
-    if let Some(s) = made.sandbox.take() {
-        s.detach();
-    }
-    made.monitor.take();
-    made.virtiofsd.take();
-    Ok(())
-}
-
-/// The host cgroup of a VM container: its cgroupsPath, as runc would make
-/// it for the container, else one of kata-rs's own.
-pub(crate) fn host_cgroups_path(spec: &Value, id: &str) -> String {
-    spec["linux"]["cgroupsPath"]
-        .as_str()
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| format!("/kata-rs/{id}"), str::to_owned)
-}
-
-/// The guest RAM of a VM container whose VM wants `wanted_mib`. A memory
-/// limit on the container bounds its host cgroup at the VM's RAM plus
-/// `hypervisor.host_overhead_mib`, so that the VM as a whole is what the
-/// limit holds (podman's `--memory`); a smaller limit above cuts the guest.
-fn size_in_cgroup(
-    cgroup: &HostCgroup,
-    config: &Config,
-    spec: &Value,
-    wanted_mib: u64,
-) -> Result<u64> {
-    let overhead = config.hypervisor.host_overhead_mib;
-    if spec["linux"]["resources"]["memory"]["limit"]
-        .as_i64()
-        .is_some_and(|l| l > 0)
-    {
-        cgroup.limit_memory(wanted_mib + overhead)?;
-    }
-    let bound = cgroup
-        .reference()
-        .memory
-        .as_ref()
-        .and_then(|m| m.bound_mib());
-    crate::host_cgroup::fit_guest(wanted_mib, bound, overhead)
 }
 
 /// Runs the bundle's hooks of `kind` on the host.
@@ -656,17 +433,7 @@ pub fn exec(root: &Path, args: &ExecArgs, process: Value) -> Result<i32> {
     let uds = vm.uds();
     let id = args.id.clone();
     drop(vm);
-    let make = |client: &AgentClient| -> Result<()> {
-        let mut req = ExecProcessRequest::new();
-        req.container_id = id.clone();
-        req.exec_id = exec_id.clone();
-        req.process_json = serde_json::to_vec(&process)?;
-        client
-            .agent
-            .exec_process(ctx(), &req)
-            .map_err(|e| rpc_error("exec", &id, e))?;
-        Ok(())
-    };
+    let make = |agent: &Agent| -> Result<()> { agent.exec(&id, &exec_id, &process).map(drop) };
     if args.detach {
         let (monitor, control) = spawn_monitor(
             root,
@@ -675,7 +442,7 @@ pub fn exec(root: &Path, args: &ExecArgs, process: Value) -> Result<i32> {
             tty,
             args.console_socket.as_deref(),
         )?;
-        let made = monitor::agent(&uds).and_then(|c| make(&c));
+        let made = Agent::connect(&uds).and_then(|agent| make(&agent));
         if let Err(e) = made {
             drop(control);
             let mut monitor = monitor;
@@ -712,7 +479,7 @@ pub fn monitor_main(
     let control = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(control_fd) };
     let mut report = control.try_clone().context("the control socket")?;
     let target = monitor::Target {
-        uds: crate::sandbox::vsock_uds(&state::dir(root, id)),
+        uds: sandbox::vsock_uds(&state::dir(root, id)),
         container_id: id.to_owned(),
         exec_id: exec_id.unwrap_or_default(),
         tty,

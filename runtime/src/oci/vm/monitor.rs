@@ -11,19 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kata_rs_protocol::agent::{ProcessRequest, SignalProcessRequest, TtyWinResizeRequest};
-use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use nix::sys::signal::{SigSet, Signal};
 
-use super::stdio::{self, StdioAddr, Streams};
 use crate::oci::console::OwnConsole;
-
-/// How long output may still arrive after the process exited.
-pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// What a process that could not be waited for (its VM is gone) reports:
-/// it was killed, as by SIGKILL.
-pub const LOST_STATUS: i32 = 128 + 9;
+use crate::sandbox::agent::{Agent, LOST_STATUS};
+use crate::sandbox::stdio::{self, StdioAddr, Streams, DRAIN_BOUND};
 
 /// One process to stand for.
 #[derive(Debug, Clone)]
@@ -35,15 +27,10 @@ pub struct Target {
     pub console_socket: Option<PathBuf>,
 }
 
-pub fn agent(uds: &Path) -> Result<AgentClient> {
-    AgentClient::connect_hybrid(uds, AGENT_VSOCK_PORT, CONNECT_TIMEOUT)
-        .context("connect to the agent")
-}
-
 /// Connects the streams, runs `started` (which makes the process exist in
 /// the guest), relays until the process exits and returns its status.
 /// Signals are blocked here and forwarded to the process.
-pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) -> Result<i32> {
+pub fn serve(target: &Target, started: impl FnOnce(&Agent) -> Result<()>) -> Result<i32> {
     let signals = SigSet::all();
     signals.thread_block().context("block signals")?;
     let mut own_terminal = None;
@@ -75,40 +62,22 @@ pub fn serve(target: &Target, started: impl FnOnce(&AgentClient) -> Result<()>) 
             }
         },
     };
-    let client = agent(&target.uds)?;
-    started(&client)?;
-    forward_signals(client.clone(), target.clone(), signals, pty);
+    let agent = Agent::connect(&target.uds)?;
+    started(&agent)?;
+    forward_signals(agent.clone(), target.clone(), signals, pty);
 
-    let (status, _) = wait_for_exit(&client, &target.container_id, &target.exec_id);
+    let status = agent
+        .wait(&target.container_id, &target.exec_id)
+        .map_or_else(
+            |e| {
+                tracing::warn!(id = %target.container_id, exec_id = %target.exec_id, error = %e, "the process could not be waited for");
+                LOST_STATUS
+            },
+            |exit| exit.status,
+        );
     stdio::join_bounded(outputs, DRAIN_BOUND);
     drop(own_terminal);
     Ok(status)
-}
-
-/// Waits for process (`container_id`, `exec_id`) in the guest; returns its
-/// exit status and whether the OOM killer ended it. A process that cannot
-/// be waited for (its VM is gone) reports [`LOST_STATUS`].
-fn wait_for_exit(client: &AgentClient, container_id: &str, exec_id: &str) -> (i32, bool) {
-    wait_process(client, container_id, exec_id).unwrap_or_else(|e| {
-        tracing::warn!(id = %container_id, exec_id, error = %e, "the process could not be waited for");
-        (LOST_STATUS, false)
-    })
-}
-
-/// The process's exit status and whether the OOM killer ended it, once it
-/// exited; an error when the agent could not tell.
-pub fn wait_process(
-    client: &AgentClient,
-    container_id: &str,
-    exec_id: &str,
-) -> ttrpc::Result<(i32, bool)> {
-    let mut req = ProcessRequest::new();
-    req.container_id = container_id.to_owned();
-    req.exec_id = exec_id.to_owned();
-    client
-        .agent
-        .wait_process(ttrpc::context::Context::default(), &req)
-        .map(|resp| (resp.exit_status, resp.oom_killed))
 }
 
 /// A host pty whose master goes to the console socket (as runc sends it)
@@ -165,43 +134,43 @@ pub fn send_fd(path: &Path, fd: &OwnedFd, name: &[u8]) -> Result<()> {
 }
 
 /// Gives the process's terminal in the guest the size of `tty`.
-fn pass_size_on(client: &AgentClient, target: &Target, tty: &OwnedFd) {
+fn pass_size_on(agent: &Agent, target: &Target, tty: &OwnedFd) {
     let mut size: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes one winsize into `size`.
     if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut size) } == 0 {
-        let mut req = TtyWinResizeRequest::new();
-        req.container_id = target.container_id.clone();
-        req.exec_id = target.exec_id.clone();
-        req.rows = size.ws_row.into();
-        req.columns = size.ws_col.into();
-        let ctx = ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
-        let _ = client.agent.tty_win_resize(ctx, &req);
+        let resized = agent.resize(
+            &target.container_id,
+            &target.exec_id,
+            size.ws_col.into(),
+            size.ws_row.into(),
+        );
+        if let Err(e) = resized {
+            tracing::debug!(error = %e, "pass the terminal's size on");
+        }
     }
 }
 
 /// Forwards the signals we receive to the process; SIGWINCH becomes a
 /// resize to the size of `pty`, which is also passed on at once (a
 /// terminal that already has its size sends no SIGWINCH).
-fn forward_signals(client: AgentClient, target: Target, signals: SigSet, pty: Option<OwnedFd>) {
+fn forward_signals(agent: Agent, target: Target, signals: SigSet, pty: Option<OwnedFd>) {
     if let Some(tty) = &pty {
-        pass_size_on(&client, &target, tty);
+        pass_size_on(&agent, &target, tty);
     }
     std::thread::spawn(move || loop {
         let Ok(signal) = signals.wait() else { return };
-        let ctx = ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
         match signal {
             Signal::SIGCHLD | Signal::SIGURG | Signal::SIGPIPE => {}
             Signal::SIGWINCH => {
                 if let Some(tty) = &pty {
-                    pass_size_on(&client, &target, tty);
+                    pass_size_on(&agent, &target, tty);
                 }
             }
             other => {
-                let mut req = SignalProcessRequest::new();
-                req.container_id = target.container_id.clone();
-                req.exec_id = target.exec_id.clone();
-                req.signal = other as u32;
-                let _ = client.agent.signal_process(ctx, &req);
+                let sent = agent.signal(&target.container_id, &target.exec_id, other as u32, false);
+                if let Err(e) = sent {
+                    tracing::debug!(signal = %other, error = %e, "forward a signal");
+                }
             }
         }
     });
@@ -210,7 +179,7 @@ fn forward_signals(client: AgentClient, target: Target, signals: SigSet, pty: Op
 /// The monitor's side of the start-up handshake with `create` over
 /// `control`: "ready" once the streams are connected, then `create` makes
 /// the process and answers "go" (or closes the socket on failure).
-pub fn handshake(control: UnixStream) -> impl FnOnce(&AgentClient) -> Result<()> {
+pub fn handshake(control: UnixStream) -> impl FnOnce(&Agent) -> Result<()> {
     move |_client| {
         let mut writer = control.try_clone()?;
         writer.write_all(b"ready\n")?;

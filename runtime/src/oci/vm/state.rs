@@ -1,5 +1,6 @@
 //! What the runtime remembers of a VM container between commands:
-//! `<root>/<id>/vm.json`, next to the sandbox's sockets and share.
+//! `<root>/<id>/vm.json`, in the directory of its sandbox (whose own record
+//! names the VMM, virtiofsd and the host cgroup).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,8 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::process::ProcRef;
-use crate::host_cgroup::HostCgroupRef;
+use crate::sandbox::process::ProcRef;
 
 pub const STATE_FILE: &str = "vm.json";
 
@@ -23,27 +23,13 @@ pub struct VmState {
     pub owner: String,
     #[serde(default)]
     pub annotations: HashMap<String, String>,
-    pub vmm: ProcRef,
-    pub virtiofsd: ProcRef,
     /// The process that stands for the container on the host (--pid-file).
     pub monitor: ProcRef,
-    /// The host cgroup the VMM, virtiofsd and the monitor live in.
-    #[serde(default)]
-    pub host_cgroup: Option<HostCgroupRef>,
 }
 
-/// The sandbox directory of container `id`. Names inside are short: Unix
-/// socket paths must fit in 108 bytes under containerd's deep roots.
+/// The sandbox directory of container `id`.
 pub fn dir(root: &Path, id: &str) -> PathBuf {
     root.join(id)
-}
-
-pub fn virtiofsd_socket(dir: &Path) -> PathBuf {
-    dir.join("fs.sock")
-}
-
-pub fn share_dir(dir: &Path) -> PathBuf {
-    dir.join("share")
 }
 
 pub fn is_vm(root: &Path, id: &str) -> bool {

@@ -1,6 +1,6 @@
-//! A VM sandbox as the runtime sees it: one `kata-rs-vmm` process in its own
-//! session, its hybrid vsock socket and console log in the sandbox
-//! directory, and the agent reached through that socket.
+//! The VMM of a sandbox: one `kata-rs-vmm` process in its own session, its
+//! hybrid vsock socket, console and log in the sandbox directory, and the
+//! agent reached through that socket once the guest has booted.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,18 +12,17 @@ use std::time::{Duration, Instant};
 
 use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
 
+use super::agent::Agent;
+use super::size::Size;
+use super::vsock_uds;
 use crate::config::{resolve_program, Hypervisor};
 
 /// How often the agent is asked for while it boots.
 const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Bound for one hybrid vsock handshake attempt.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a VMM has to exit after DestroySandbox before it is killed,
-/// unless the caller says otherwise.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 #[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
+pub enum VmmError {
     #[error("the VMM {0} was not found (set hypervisor.vmm in the configuration)")]
     VmmNotFound(PathBuf),
     #[error("cannot prepare the sandbox directory {path}")]
@@ -58,12 +57,6 @@ pub enum SandboxError {
     Wait(#[source] std::io::Error),
 }
 
-/// The hybrid vsock socket of the sandbox in `dir`: where the VMM binds it
-/// and where later commands find it.
-pub fn vsock_uds(dir: &Path) -> PathBuf {
-    dir.join("vsock.sock")
-}
-
 /// The VMM's stderr log of the sandbox in `dir`.
 fn vmm_log(dir: &Path) -> PathBuf {
     dir.join("vmm.log")
@@ -78,38 +71,26 @@ pub fn vmm_last_words(dir: &Path) -> String {
     }
 }
 
-/// What to boot, beyond the configuration's defaults.
+/// The VM's devices and size.
 #[derive(Debug, Clone)]
-pub struct SandboxSpec {
-    pub vcpus: u8,
-    pub memory_mib: u64,
+pub struct VmmSpec {
+    pub size: Size,
     /// virtio-fs shares: tag and virtiofsd's vhost-user socket.
     pub fs: Vec<(String, PathBuf)>,
     /// virtio-net NICs.
-    pub nics: Vec<SandboxNic>,
+    pub nics: Vec<Nic>,
 }
 
 /// A virtio-net NIC of the VM: the tap the VMM inherits, the NIC's MAC and
 /// the MTU the device tells the guest.
 #[derive(Debug, Clone)]
-pub struct SandboxNic {
+pub struct Nic {
     pub tap: Arc<OwnedFd>,
     pub mac: String,
     pub mtu: u32,
 }
 
-impl SandboxSpec {
-    pub fn from_config(hv: &Hypervisor) -> Self {
-        Self {
-            vcpus: hv.vcpus,
-            memory_mib: hv.memory_mib,
-            fs: Vec::new(),
-            nics: Vec::new(),
-        }
-    }
-}
-
-pub struct VmSandbox {
+pub struct Vmm {
     vmm: Child,
     dir: PathBuf,
     uds: PathBuf,
@@ -118,18 +99,17 @@ pub struct VmSandbox {
     detached: bool,
 }
 
-impl VmSandbox {
+impl Vmm {
     /// Starts the VMM for a sandbox living in `dir` (created if needed).
-    pub fn start(hv: &Hypervisor, spec: &SandboxSpec, dir: &Path) -> Result<Self, SandboxError> {
-        let vmm =
-            resolve_program(&hv.vmm).ok_or_else(|| SandboxError::VmmNotFound(hv.vmm.clone()))?;
-        std::fs::create_dir_all(dir).map_err(|source| SandboxError::Dir {
+    pub fn start(hv: &Hypervisor, spec: &VmmSpec, dir: &Path) -> Result<Self, VmmError> {
+        let vmm = resolve_program(&hv.vmm).ok_or_else(|| VmmError::VmmNotFound(hv.vmm.clone()))?;
+        std::fs::create_dir_all(dir).map_err(|source| VmmError::Dir {
             path: dir.to_owned(),
             source,
         })?;
         let uds = vsock_uds(dir);
         let console = dir.join("console.log");
-        let vmm_log = File::create(vmm_log(dir)).map_err(|source| SandboxError::Dir {
+        let vmm_log = File::create(vmm_log(dir)).map_err(|source| VmmError::Dir {
             path: dir.to_owned(),
             source,
         })?;
@@ -139,9 +119,9 @@ impl VmSandbox {
             .arg("--initrd")
             .arg(&hv.initrd)
             .arg("--vcpus")
-            .arg(spec.vcpus.to_string())
+            .arg(spec.size.vcpus.to_string())
             .arg("--memory-mib")
-            .arg(spec.memory_mib.to_string())
+            .arg(spec.size.memory_mib.to_string())
             .arg("--vsock-uds")
             .arg(&uds)
             .arg("--console")
@@ -159,7 +139,7 @@ impl VmSandbox {
         let taps: Vec<i32> = spec.nics.iter().map(|nic| nic.tap.as_raw_fd()).collect();
         for (nic, fd) in spec.nics.iter().zip(&taps) {
             debug_assert_eq!(nic.tap.as_raw_fd(), *fd);
-            let SandboxNic { mac, mtu, .. } = nic;
+            let Nic { mac, mtu, .. } = nic;
             cmd.arg("--net").arg(format!("fd={fd},mac={mac},mtu={mtu}"));
         }
         // Its own session: the VMM must outlive a CLI that is interrupted,
@@ -179,7 +159,7 @@ impl VmSandbox {
         }
         let child = cmd
             .spawn()
-            .map_err(|source| SandboxError::Spawn { path: vmm, source })?;
+            .map_err(|source| VmmError::Spawn { path: vmm, source })?;
         tracing::info!(pid = child.id(), dir = %dir.display(), "VMM started");
         crate::host_cgroup::oom_victim_before_caller(child.id());
         Ok(Self {
@@ -193,7 +173,7 @@ impl VmSandbox {
 
     /// Leaves the VMM running when this handle goes: the OCI command line
     /// creates a VM in one command and stops it in another.
-    pub fn detach(mut self) {
+    pub fn detach(&mut self) {
         self.detached = true;
     }
 
@@ -201,22 +181,14 @@ impl VmSandbox {
         self.vmm.id()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn vsock_uds(&self) -> &Path {
-        &self.uds
-    }
-
     /// Waits until the agent answers a health check, polling through the
     /// hybrid socket while the guest boots.
-    pub fn wait_for_agent(&mut self, timeout: Duration) -> Result<AgentClient, SandboxError> {
+    pub fn wait_for_agent(&mut self, timeout: Duration) -> Result<AgentClient, VmmError> {
         let deadline = Instant::now() + timeout;
         let mut last_error = String::from("no attempt made");
         while Instant::now() < deadline {
-            if let Some(status) = self.vmm.try_wait().map_err(SandboxError::Wait)? {
-                return Err(SandboxError::VmmExited {
+            if let Some(status) = self.vmm.try_wait().map_err(VmmError::Wait)? {
+                return Err(VmmError::VmmExited {
                     status,
                     vmm_says: vmm_last_words(&self.dir),
                     console: self.console_tail(),
@@ -232,7 +204,7 @@ impl VmSandbox {
                         Ok(_) => {
                             client
                                 .check_protocol(HANDSHAKE_TIMEOUT)
-                                .map_err(SandboxError::Agent)?;
+                                .map_err(VmmError::Agent)?;
                             return Ok(client);
                         }
                         Err(e) => last_error = format!("health check: {e}"),
@@ -242,41 +214,46 @@ impl VmSandbox {
             }
             std::thread::sleep(AGENT_POLL_INTERVAL);
         }
-        Err(SandboxError::AgentTimeout(
+        Err(VmmError::AgentTimeout(
             timeout,
             format!("last error: {last_error}; {}", self.console_tail()),
         ))
     }
 
-    /// Asks the agent to shut the guest down and waits for the VMM to exit;
-    /// kills it if it does not within `grace`.
-    pub fn destroy(
-        mut self,
-        client: &AgentClient,
-        grace: Duration,
-    ) -> Result<ExitStatus, SandboxError> {
-        let req = kata_rs_protocol::agent::DestroySandboxRequest::new();
-        let ctx = ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64);
-        if let Err(e) = client.agent.destroy_sandbox(ctx, &req) {
-            tracing::warn!(error = %e, "DestroySandbox failed; killing the VMM");
-            let _ = self.vmm.kill();
-        }
-        self.wait_exit(grace)
+    pub fn vsock_uds(&self) -> &Path {
+        &self.uds
     }
 
-    /// Waits up to `grace` for the VMM to exit, then kills it.
-    fn wait_exit(&mut self, grace: Duration) -> Result<ExitStatus, SandboxError> {
+    /// Has `agent` power the guest off and waits up to `grace` for the
+    /// VMM to exit; kills it if it does not. Its exit status (SIGKILL's
+    /// when it was killed).
+    pub fn power_off(&mut self, agent: &Agent, grace: Duration) -> Result<ExitStatus, VmmError> {
+        if let Err(e) = agent.destroy_sandbox() {
+            tracing::warn!(error = %e, "the guest was not asked to power off; killing its VMM");
+            self.kill();
+        }
         let deadline = Instant::now() + grace;
         loop {
-            if let Some(status) = self.vmm.try_wait().map_err(SandboxError::Wait)? {
+            if let Some(status) = self.vmm.try_wait().map_err(VmmError::Wait)? {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                tracing::warn!(pid = self.vmm.id(), "VMM did not exit in time; killing it");
+                tracing::warn!(
+                    pid = self.vmm.id(),
+                    "the VM did not power off in time; killing its VMM"
+                );
                 let _ = self.vmm.kill();
-                return self.vmm.wait().map_err(SandboxError::Wait);
+                return self.vmm.wait().map_err(VmmError::Wait);
             }
             std::thread::sleep(AGENT_POLL_INTERVAL);
+        }
+    }
+
+    /// Kills the VMM, if it still runs, and reaps it.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.vmm.try_wait() {
+            let _ = self.vmm.kill();
+            let _ = self.vmm.wait();
         }
     }
 
@@ -327,16 +304,11 @@ fn last_lines(path: &Path, n: usize) -> Vec<String> {
     lines
 }
 
-impl Drop for VmSandbox {
-    /// A sandbox dropped without a clean destroy must not leave its VMM
-    /// running.
+impl Drop for Vmm {
+    /// A VMM dropped without a clean power-off must not keep running.
     fn drop(&mut self) {
-        if self.detached {
-            return;
-        }
-        if let Ok(None) = self.vmm.try_wait() {
-            let _ = self.vmm.kill();
-            let _ = self.vmm.wait();
+        if !self.detached {
+            self.kill();
         }
     }
 }

@@ -151,6 +151,21 @@ pub fn teardown(share_root: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Tears down the share of every container left under `share_root`.
+pub fn teardown_all(share_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(share_root) else {
+        return;
+    };
+    for id in entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+    {
+        if let Err(e) = teardown(share_root, &id) {
+            tracing::warn!(id, error = %e, "unmount a container's share");
+        }
+    }
+}
+
 /// Hooks that run inside the container's namespaces cannot run on the host
 /// for a container in a VM.
 pub fn refuse_guest_hooks(spec: &Value) -> Result<()> {

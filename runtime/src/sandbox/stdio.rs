@@ -14,6 +14,8 @@ use kata_rs_protocol::stdio::{StreamHeader, StreamKind};
 use kata_rs_protocol::{hybrid, STDIO_VSOCK_PORT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long output may still arrive after the process exited.
+pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 /// Where an agent takes stdio streams.
 #[derive(Debug, Clone)]

@@ -1,7 +1,13 @@
-//! Host processes of a VM container (VMM, virtiofsd, monitor) named by pid
-//! and start time, so a recycled pid is never mistaken for ours.
+//! Host processes of a sandbox (VMM, virtiofsd, a monitor, a host agent)
+//! named by pid and start time, so a recycled pid is never mistaken for
+//! ours, and started in sessions of their own.
 
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -79,6 +85,20 @@ impl ProcRef {
             }
         }
     }
+}
+
+/// Spawns `cmd` (running `program`) as a session of its own: the signals a
+/// terminal sends the caller's group are not its to get.
+pub fn spawn_in_own_session(cmd: &mut Command, program: &Path) -> Result<Child> {
+    // SAFETY: setsid is async-signal-safe and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("start {}", program.display()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,235 @@
+//! A sandbox's agent as the runtime calls it: one method per request, each
+//! bounded in time (but the wait for a process), each failure saying which
+//! container and request it was, with the kind the agent's status code
+//! gives it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kata_rs_protocol::agent::{
+    ContainerRequest, CreateContainerRequest, DestroySandboxRequest, ExecProcessRequest,
+    ProcessRequest, RemoveContainerRequest, SetupPodNetworkRequest, SignalProcessRequest,
+    TtyWinResizeRequest, UpdateContainerRequest,
+};
+use kata_rs_protocol::agent_ttrpc::AgentServiceClient;
+use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use serde_json::Value;
+
+use crate::error::Kind;
+
+/// Bound for one request that does not wait for a process.
+const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound for connecting to an agent that already serves.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound for DestroySandbox: the agent answers before it ends the sandbox.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a process that could not be waited for (its sandbox is gone)
+/// reports: it was killed, as by SIGKILL.
+pub const LOST_STATUS: i32 = 128 + 9;
+
+/// How a process ended, as the agent tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    pub status: i32,
+    pub oom_killed: bool,
+}
+
+/// What the agent says of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    pub status: String,
+    /// Its init's pid where the agent runs (the guest, or the host).
+    pub pid: i32,
+}
+
+#[derive(Clone)]
+pub struct Agent {
+    client: AgentClient,
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
+}
+
+fn container_req(id: &str) -> ContainerRequest {
+    let mut req = ContainerRequest::new();
+    req.container_id = id.to_owned();
+    req
+}
+
+/// An agent's failed answer to request `what` for container `id`, with
+/// its kind where its status code has one.
+fn rpc_error(what: &str, id: &str, e: ttrpc::Error) -> anyhow::Error {
+    let (text, kind) = match &e {
+        ttrpc::Error::RpcStatus(s) => (s.message().to_owned(), Kind::of_code(s.code())),
+        other => (other.to_string(), None),
+    };
+    let message = format!("container {id}: {what}: {text}");
+    match kind {
+        Some(kind) => kind.err(message),
+        None => anyhow::anyhow!(message),
+    }
+}
+
+impl Agent {
+    pub fn new(client: AgentClient) -> Self {
+        Self { client }
+    }
+
+    /// Makes request `what` for container `id` with `rpc`, bounded.
+    fn call<R>(
+        &self,
+        what: &str,
+        id: &str,
+        rpc: impl FnOnce(&AgentServiceClient, ttrpc::context::Context) -> ttrpc::Result<R>,
+    ) -> Result<R> {
+        rpc(&self.client.agent, ctx()).map_err(|e| rpc_error(what, id, e))
+    }
+
+    /// Connects to the agent of the VM whose hybrid vsock socket is `uds`.
+    pub fn connect(uds: &Path) -> Result<Self> {
+        AgentClient::connect_hybrid(uds, AGENT_VSOCK_PORT, CONNECT_TIMEOUT)
+            .map(Self::new)
+            .context("connect to the agent")
+    }
+
+    pub fn create(&self, id: &str, spec: &Value) -> Result<()> {
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.spec_json = serde_json::to_vec(spec)?;
+        self.call("create", id, |a, c| a.create_container(c, &req))
+            .map(drop)
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        self.call("start", id, |a, c| a.start_container(c, &container_req(id)))
+            .map(drop)
+    }
+
+    /// Starts `process` (an OCI process) as `exec_id` in container `id`;
+    /// its pid where the agent runs.
+    pub fn exec(&self, id: &str, exec_id: &str, process: &Value) -> Result<u32> {
+        let mut req = ExecProcessRequest::new();
+        req.container_id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.process_json = serde_json::to_vec(process)?;
+        let resp = self.call("exec", id, |a, c| a.exec_process(c, &req))?;
+        Ok(u32::try_from(resp.pid).unwrap_or_default())
+    }
+
+    /// Signals process `exec_id` (the init when empty) of container `id`,
+    /// or with `all` every process of it.
+    pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.signal = signal;
+        req.all = all;
+        self.call("kill", id, |a, c| a.signal_process(c, &req))
+            .map(drop)
+    }
+
+    pub fn pause(&self, id: &str) -> Result<()> {
+        self.call("pause", id, |a, c| a.pause_container(c, &container_req(id)))
+            .map(drop)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<()> {
+        self.call("resume", id, |a, c| {
+            a.resume_container(c, &container_req(id))
+        })
+        .map(drop)
+    }
+
+    /// The pids of container `id`'s processes where the agent runs.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        self.call("ps", id, |a, c| a.list_processes(c, &container_req(id)))
+            .map(|resp| resp.pids)
+    }
+
+    /// Applies OCI `resources` to container `id`.
+    pub fn update(&self, id: &str, resources: &Value) -> Result<()> {
+        let mut req = UpdateContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.resources_json = serde_json::to_vec(resources)?;
+        self.call("update", id, |a, c| a.update_container(c, &req))
+            .map(drop)
+    }
+
+    /// Container `id`'s statistics, in runc's `events --stats` form.
+    pub fn stats(&self, id: &str) -> Result<Value> {
+        let resp = self.call("stats", id, |a, c| a.stats_container(c, &container_req(id)))?;
+        serde_json::from_slice(&resp.stats_json)
+            .with_context(|| format!("container {id}: stats: the agent's answer is not JSON"))
+    }
+
+    pub fn state(&self, id: &str) -> Result<ContainerState> {
+        let resp = self.call("state", id, |a, c| a.state_container(c, &container_req(id)))?;
+        Ok(ContainerState {
+            status: resp.status,
+            pid: resp.pid,
+        })
+    }
+
+    /// Removes container `id`, killing what still runs of it.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let mut req = RemoveContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.force = true;
+        self.call("remove", id, |a, c| a.remove_container(c, &req))
+            .map(drop)
+    }
+
+    pub fn resize(&self, id: &str, exec_id: &str, columns: u32, rows: u32) -> Result<()> {
+        let mut req = TtyWinResizeRequest::new();
+        req.container_id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.rows = rows;
+        req.columns = columns;
+        self.call("resize", id, |a, c| a.tty_win_resize(c, &req))
+            .map(drop)
+    }
+
+    /// Waits, unbounded, for process `exec_id` (the init when empty) of
+    /// container `id` to exit.
+    pub fn wait(&self, id: &str, exec_id: &str) -> Result<ProcessExit> {
+        let mut req = ProcessRequest::new();
+        req.container_id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        let resp = self
+            .client
+            .agent
+            .wait_process(ttrpc::context::Context::default(), &req)
+            .map_err(|e| rpc_error("wait", id, e))?;
+        Ok(ProcessExit {
+            status: resp.exit_status,
+            oom_killed: resp.oom_killed,
+        })
+    }
+
+    /// Has the agent end its sandbox once it answered: the guest powers
+    /// off, or the host agent exits.
+    pub fn destroy_sandbox(&self) -> Result<()> {
+        let ctx = ttrpc::context::with_timeout(DESTROY_TIMEOUT.as_nanos() as i64);
+        self.client
+            .agent
+            .destroy_sandbox(ctx, &DestroySandboxRequest::new())
+            .context("DestroySandbox")?;
+        Ok(())
+    }
+
+    pub fn setup_pod_network(&self, req: &SetupPodNetworkRequest) -> Result<()> {
+        self.client
+            .agent
+            .setup_pod_network(ctx(), req)
+            .context("set up the pod's network")?;
+        Ok(())
+    }
+
+    /// The client itself, for the requests only `kata-rs check` makes.
+    pub fn client(&self) -> &AgentClient {
+        &self.client
+    }
+}
