@@ -70,14 +70,21 @@ impl ProcRef {
         }
     }
 
-    /// Waits up to `grace` for the process to end, then kills it.
+    /// Waits up to `grace` for the process to end, then kills it. A kill
+    /// is part of the plan (a guest that does not power off within its
+    /// grace loses nothing), so it is logged at info: a warning would land
+    /// on the stderr of `run`, which is the container's.
     pub fn stop(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         while self.alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         if self.alive() {
-            tracing::warn!(pid = self.pid, "did not exit in time; killing it");
+            tracing::info!(
+                pid = self.pid,
+                ?grace,
+                "did not exit within its grace; killing it"
+            );
             self.signal(Signal::SIGKILL);
             let deadline = Instant::now() + Duration::from_secs(5);
             while self.alive() && Instant::now() < deadline {

@@ -238,9 +238,10 @@ impl Vmm {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                tracing::warn!(
+                tracing::info!(
                     pid = self.vmm.id(),
-                    "the VM did not power off in time; killing its VMM"
+                    ?grace,
+                    "the VM did not power off within its grace; killing its VMM"
                 );
                 let _ = self.vmm.kill();
                 return self.vmm.wait().map_err(VmmError::Wait);
