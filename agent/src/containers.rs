@@ -19,8 +19,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use kata_rs_engine::{
-    engine::validate_id, CreateOptions, Engine, EngineError, ExecOptions, LinuxResources, OomKills,
-    Process, Spec,
+    engine::validate_id, ContainerStatus, CreateOptions, Engine, EngineError, ExecOptions,
+    LinuxResources, OomKills, Process, Spec,
 };
 use kata_rs_protocol::{GUEST_SHARE_DIR, SHARED_FS_TAG};
 use nix::errno::Errno;
@@ -364,7 +364,7 @@ impl Containers {
         if exec_id.is_empty() {
             let _ops = lock(&entry.ops);
             let mut container = self.engine.load(id)?;
-            if !all && container.status() == "stopped" {
+            if !all && container.status().is_stopped() {
                 // containerd's runc shim reads "container not running" as
                 // "already gone" too.
                 return Err(Error::NotFound(format!(
@@ -440,7 +440,7 @@ impl Containers {
         Ok(())
     }
 
-    pub fn state(&self, id: &str) -> Result<(String, i32)> {
+    pub fn state(&self, id: &str) -> Result<(ContainerStatus, i32)> {
         let entry = self.entry(id)?;
         let _ops = lock(&entry.ops);
         let state = self.engine.load(id)?.state()?;

@@ -268,7 +268,7 @@ impl agent_ttrpc::AgentService for AgentService {
             .state(id)
             .map_err(status("StateContainer", id, ""))?;
         let mut resp = StateContainerResponse::new();
-        resp.status = state;
+        resp.status = state.to_string();
         resp.pid = pid;
         Ok(resp)
     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::error::{chain, EngineError, Result};
 use crate::lock::IdLock;
 use crate::oom::OomKills;
+use crate::status::ContainerStatus as Status;
 
 /// Runs a libcontainer call that reads the init's status, a second time if
 /// the first failed in procfs: libcontainer checks that /proc/<pid> exists
@@ -39,7 +40,7 @@ pub(crate) fn reaped_tolerant<T>(
 pub struct OciState {
     pub oci_version: String,
     pub id: String,
-    pub status: String,
+    pub status: Status,
     pub pid: i32,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
@@ -82,8 +83,8 @@ impl Container {
         self.inner.pid().map(|p| p.as_raw())
     }
 
-    pub fn status(&self) -> String {
-        self.inner.status().to_string().to_ascii_lowercase()
+    pub fn status(&self) -> Status {
+        self.inner.status().into()
     }
 
     pub fn bundle(&self) -> &Path {
@@ -129,7 +130,7 @@ impl Container {
     fn wrong_status(&self, action: &'static str) -> EngineError {
         EngineError::WrongStatus {
             id: self.id().to_owned(),
-            status: self.status(),
+            status: self.status().to_string(),
             action,
         }
     }

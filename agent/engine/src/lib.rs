@@ -16,6 +16,7 @@
 //!   rootfs propagation);
 //! - [`container`]: start, state, kill, pause, resume, delete, exec, pids,
 //!   update, stats;
+//! - [`status`]: a container's status and what it allows;
 //! - [`stats`]: cgroup statistics in the JSON shape of `runc events`;
 //! - [`oom`]: the OOM killer's kills in a container's memory cgroup;
 //! - [`hooks`]: OCI hooks run outside create/start (for VM containers);
@@ -40,9 +41,11 @@ pub mod lock;
 pub mod oom;
 pub mod private_bundle;
 pub mod stats;
+pub mod status;
 
 pub use container::{Container, ExecOptions, OciState};
 pub use engine::{load_bundle_spec, validate_id, CreateOptions, Engine};
 pub use error::{EngineError, Result};
 pub use oci_spec::runtime::{LinuxResources, Process, Spec};
 pub use oom::OomKills;
+pub use status::ContainerStatus;

@@ -2,6 +2,7 @@
 //! engine on the host, or in VM mode.
 //!
 //! - [`cli`]: the flags;
+//! - [`container`]: a container, whichever isolation runs it;
 //! - [`namespace`]: namespace mode;
 //! - [`vm`]: VM mode;
 //! - [`foreground`]: waiting for a process and forwarding signals;
@@ -11,12 +12,14 @@
 
 pub mod cli;
 pub mod console;
+pub mod container;
 pub mod foreground;
 pub mod namespace;
 pub mod templates;
 pub mod vm;
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use kata_rs_engine::Engine;
@@ -31,10 +34,8 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
     let root = g.root.as_path();
     // The driver matters where a container's cgroup is made; the engine
     // of an existing container follows the one it was made with.
-    let engine = || Engine::new(root, false).map_err(anyhow::Error::from);
     let systemd = || crate::cgroup_driver::systemd(g.systemd_cgroup, config);
     let creating_engine = || -> Result<Engine> { Ok(Engine::new(root, systemd()?)?) };
-    let is_vm = |id: &str| vm::state::is_vm(root, id);
     match cli.command {
         Command::Check { .. } => unreachable!("handled by main"),
         Command::VmMonitor {
@@ -72,66 +73,36 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
                 }
             };
         }
-        Command::Start { id } if is_vm(&id) => vm::Vm::load(root, &id)?.start()?,
-        Command::Start { id } => engine()?.load(&id)?.start()?,
+        Command::Start { id } => container::load(root, &id)?.start()?,
         Command::State { id } => {
-            let state = if is_vm(&id) {
-                vm::Vm::load(root, &id)?.oci_state()
-            } else {
-                engine()?.load(&id)?.state()?
-            };
+            let state = container::load(root, &id)?.state()?;
             println!("{}", serde_json::to_string_pretty(&state)?);
         }
         Command::Kill { all, id, signal } => {
             let signal = parse_signal(&signal)?;
-            if is_vm(&id) {
-                vm::Vm::load(root, &id)?.kill(signal as i32, all)?;
-            } else {
-                engine()?.load(&id)?.kill(signal, all)?;
-            }
+            container::load(root, &id)?.kill(signal, all)?;
         }
-        Command::Delete { force, id } if is_vm(&id) => vm::Vm::load(root, &id)?.delete(force)?,
-        Command::Delete { force, id } => delete(&engine()?, &id, force)?,
-        Command::Exec(args) if is_vm(&args.id) => {
-            let bundle = vm::state::VmState::load(root, &args.id)?.bundle;
-            let spec = kata_rs_engine::load_bundle_spec(&args.id, &bundle)?;
-            let process = serde_json::to_value(namespace::exec_process(&spec, &args)?)?;
-            return vm::exec(root, &args, process);
-        }
-        Command::Exec(args) => return namespace::exec(&engine()?, &args),
+        Command::Delete { force, id } => delete(root, &id, force)?,
+        Command::Exec(args) => return container::load(root, &args.id)?.exec(root, &args),
         Command::Ps {
             format,
             id,
             ps_args,
         } => {
-            if is_vm(&id) {
-                let pids = vm::Vm::load(root, &id)?.pids()?;
-                match format {
-                    ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
-                    ListFormat::Table => {
-                        println!("PID (in the VM)");
-                        for p in pids {
-                            println!("{p}");
-                        }
-                    }
-                }
-            } else {
-                let pids = engine()?.load(&id)?.pids()?;
-                match format {
-                    ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
-                    ListFormat::Table => print!("{}", namespace::ps_table(&pids, &ps_args)?),
-                }
+            let container = container::load(root, &id)?;
+            let pids = container.pids()?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
+                ListFormat::Table => print!("{}", container.ps_table(&pids, &ps_args)?),
             }
         }
-        Command::List { format, quiet } => list(root, &engine()?, format, quiet)?,
+        Command::List { format, quiet } => list(root, format, quiet)?,
         Command::Spec { bundle } => {
             templates::write_spec(&bundle, g.rootless.as_deref() == Some("true"))?
         }
         Command::Features => println!("{}", templates::features()),
-        Command::Pause { id } if is_vm(&id) => vm::Vm::load(root, &id)?.pause()?,
-        Command::Pause { id } => engine()?.load(&id)?.pause()?,
-        Command::Resume { id } if is_vm(&id) => vm::Vm::load(root, &id)?.resume()?,
-        Command::Resume { id } => engine()?.load(&id)?.resume()?,
+        Command::Pause { id } => container::load(root, &id)?.pause()?,
+        Command::Resume { id } => container::load(root, &id)?.resume()?,
         Command::Update {
             resources,
             memory,
@@ -165,18 +136,14 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
                 set(&mut value, "cpu", "shares", s.into());
             }
             let resources: kata_rs_engine::LinuxResources =
-                serde_json::from_value(value.clone()).context("invalid resources")?;
-            if is_vm(&id) {
-                vm::Vm::load(root, &id)?.update(&value)?;
-            } else {
-                engine()?.load(&id)?.update(&resources)?;
-            }
+                serde_json::from_value(value).context("invalid resources")?;
+            container::load(root, &id)?.update(&resources)?;
         }
         Command::Events {
             stats,
             interval,
             id,
-        } => events(root, &engine()?, &id, stats, interval)?,
+        } => events(root, &id, stats, interval)?,
     }
     Ok(0)
 }
@@ -210,29 +177,31 @@ pub fn parse_signal(signal: &str) -> Result<Signal> {
     name.parse().map_err(|_| unknown())
 }
 
-fn delete(engine: &Engine, id: &str, force: bool) -> Result<()> {
-    match engine.load(id) {
-        Ok(container) => Ok(container.delete(force)?),
+fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    match container::load(root, id) {
+        Ok(container) => container.delete(force),
         // runc: deleting what is not there is fine with --force.
-        Err(kata_rs_engine::EngineError::NotFound { .. }) if force => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e)
+            if force
+                && matches!(
+                    e.downcast_ref::<kata_rs_engine::EngineError>(),
+                    Some(kata_rs_engine::EngineError::NotFound { .. })
+                ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
-fn list(root: &std::path::Path, engine: &Engine, format: ListFormat, quiet: bool) -> Result<()> {
+fn list(root: &Path, format: ListFormat, quiet: bool) -> Result<()> {
     let mut states = Vec::new();
-    for id in engine.ids()? {
+    for id in container::ids(root)? {
         // A container deleted meanwhile is simply not listed.
-        if let Ok(state) = engine.load(&id).and_then(|c| c.state()) {
+        if let Ok(state) = container::load(root, &id).and_then(|c| c.state()) {
             states.push(state);
         }
     }
-    for id in vm::ids(root) {
-        if let Ok(vm) = vm::Vm::load(root, &id) {
-            states.push(vm.oci_state());
-        }
-    }
-    states.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out = std::io::stdout().lock();
     if quiet {
         for s in &states {
@@ -261,27 +230,14 @@ fn list(root: &std::path::Path, engine: &Engine, format: ListFormat, quiet: bool
     Ok(())
 }
 
-fn events(
-    root: &std::path::Path,
-    engine: &Engine,
-    id: &str,
-    once: bool,
-    interval: u64,
-) -> Result<()> {
+fn events(root: &Path, id: &str, once: bool, interval: u64) -> Result<()> {
     // OOM kills counted since the first statistics: each new one is an
     // "oom" event, as runc prints them (for the kills after it started).
     let mut oom_kills: Option<u64> = None;
     loop {
-        let (running, data) = if vm::state::is_vm(root, id) {
-            let vm = vm::Vm::load(root, id)?;
-            (vm.status() != "stopped", vm.stats())
-        } else {
-            let container = engine.load(id)?;
-            (
-                container.status() != "stopped",
-                container.stats().map_err(anyhow::Error::from),
-            )
-        };
+        let container = container::load(root, id)?;
+        let (running, data) = (!container.status().is_stopped(), container.stats());
+        drop(container);
         // A container the OOM killer just ended still has its cgroup to
         // read its last kills from.
         let kills = data

@@ -143,8 +143,7 @@ fn add_capabilities(process: &mut Process, caps: &[String]) -> Result<()> {
 }
 
 /// `exec`: returns the exit code (0 when detached).
-pub fn exec(engine: &Engine, args: &ExecArgs) -> Result<i32> {
-    let container = engine.load(&args.id)?;
+pub fn exec(container: Container, args: &ExecArgs) -> Result<i32> {
     let process = exec_process(&container.spec()?, args)?;
     let terminal = process.terminal().unwrap_or(false);
     let console = console::own_if_needed(terminal, args.console_socket.as_deref(), !args.detach)?;

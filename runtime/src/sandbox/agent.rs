@@ -17,6 +17,7 @@ use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use serde_json::Value;
 
 use crate::error::Kind;
+use kata_rs_engine::ContainerStatus;
 
 /// Bound for one request that does not wait for a process.
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,7 +40,7 @@ pub struct ProcessExit {
 /// What the agent says of a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
-    pub status: String,
+    pub status: ContainerStatus,
     /// Its init's pid where the agent runs (the guest, or the host).
     pub pid: i32,
 }
@@ -167,8 +168,12 @@ impl Agent {
 
     pub fn state(&self, id: &str) -> Result<ContainerState> {
         let resp = self.call("state", id, |a, c| a.state_container(c, &container_req(id)))?;
+        let status = resp
+            .status
+            .parse()
+            .map_err(|e| anyhow::anyhow!("container {id}: state: the agent says {e}"))?;
         Ok(ContainerState {
-            status: resp.status,
+            status,
             pid: resp.pid,
         })
     }

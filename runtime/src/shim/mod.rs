@@ -3,7 +3,13 @@
 //! pod's first container boots its microVM, the containers containerd
 //! groups with it (by the CRI sandbox-id annotations) run in the same VM.
 //!
-//! - [`pod`]: the VM, its share and the containers and processes in it;
+//! - [`pod`]: the pod's containers and processes, and the task operations
+//!   on them;
+//! - [`backend`]: where they run: the pod's sandbox, or an agent on the
+//!   host ([`host`]) in namespace isolation;
+//! - [`process`]: a process's stdio, start and exit;
+//! - [`spec`]: the spec the agent gets, rewritten from the bundle's;
+//! - [`rootfs`]: containerd's rootfs mounts;
 //! - [`hooks`]: a VM container's OCI hooks, run on the host;
 //! - [`io`]: containerd's stdio FIFOs relayed to the agent's streams;
 //! - [`options`]: the configuration file named by containerd's options;
@@ -12,13 +18,17 @@
 //!   cleans up in;
 //! - [`stats`]: the agent's statistics as containerd's cgroup metrics.
 
+pub mod backend;
 pub mod hooks;
 pub mod host;
 pub mod io;
 pub mod options;
 pub mod pod;
+pub mod process;
+pub mod rootfs;
 pub mod service;
 pub mod socket;
+pub mod spec;
 pub mod stats;
 
 use std::path::{Path, PathBuf};

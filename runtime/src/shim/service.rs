@@ -25,10 +25,13 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 
 use super::io::Fifos;
-use super::pod::{Exited, Pod, RootfsMount};
+use super::pod::Pod;
+use super::process::Exited;
+use super::rootfs::RootfsMount;
 use super::socket::ShimSocket;
 use super::stats;
 use crate::error::{kind_of, Kind};
+use kata_rs_engine::ContainerStatus;
 
 /// The task service of one shim: one pod.
 pub struct Service {
@@ -300,10 +303,10 @@ impl Task for Service {
         let c = pod.container(&req.id).map_err(to_ttrpc)?;
         let p = c.process(&req.exec_id).map_err(to_ttrpc)?;
         let status = match p.status(c.paused) {
-            "created" => Status::CREATED,
-            "running" => Status::RUNNING,
-            "paused" => Status::PAUSED,
-            _ => Status::STOPPED,
+            ContainerStatus::Creating | ContainerStatus::Created => Status::CREATED,
+            ContainerStatus::Running => Status::RUNNING,
+            ContainerStatus::Paused => Status::PAUSED,
+            ContainerStatus::Stopped => Status::STOPPED,
         };
         let exited = p.exit.get();
         Ok(StateResponse {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kata_rs_engine::hooks::HostHook;
 use kata_rs_engine::lock::IdLock;
-use kata_rs_engine::OciState;
+use kata_rs_engine::{ContainerStatus, OciState};
 use serde_json::Value;
 
 use super::cli::{CreateArgs, ExecArgs};
@@ -102,15 +102,15 @@ impl Vm {
     /// The status the OCI spec means: stopped once the monitor (which lives
     /// exactly as long as the container) or the VM is gone, else the
     /// agent's view.
-    pub fn status(&self) -> String {
+    pub fn status(&self) -> ContainerStatus {
         if !self.state.monitor.alive() || self.vm_gone().is_some() {
-            return "stopped".into();
+            return ContainerStatus::Stopped;
         }
         match self.agent().and_then(|a| a.state(&self.state.id)) {
             Ok(state) => state.status,
             Err(e) => {
                 tracing::debug!(error = %e, "the agent did not say; using the recorded status");
-                self.state.status.clone()
+                self.state.status
             }
         }
     }
@@ -123,7 +123,7 @@ impl Vm {
         OciState {
             oci_version: "1.0.2".into(),
             id: self.state.id.clone(),
-            pid: if status == "stopped" {
+            pid: if status.is_stopped() {
                 0
             } else {
                 self.state.monitor.pid
@@ -139,14 +139,14 @@ impl Vm {
 
     pub fn start(&mut self) -> Result<()> {
         let status = self.status();
-        if status != "created" {
+        if !status.can_start() {
             bail!(
                 "container {} is {status}: cannot start it (only a created container starts)",
                 self.state.id
             );
         }
         self.agent()?.start(&self.state.id)?;
-        self.state.status = "running".into();
+        self.state.status = ContainerStatus::Running;
         self.state.save(&self.root)?;
         if let Err(e) = run_hooks(&self.state, HostHook::Poststart) {
             tracing::warn!(id = %self.state.id, error = %e, "poststart hook failed");
@@ -156,13 +156,13 @@ impl Vm {
 
     pub fn kill(&self, signal: i32, all: bool) -> Result<()> {
         let status = self.status();
-        if status == "stopped" && !all {
+        if status.is_stopped() && !all {
             bail!(
                 "container {} is stopped: cannot signal it: container not running",
                 self.state.id
             );
         }
-        if status == "stopped" {
+        if status.is_stopped() {
             return Ok(());
         }
         self.agent()?.signal(&self.state.id, "", signal as u32, all)
@@ -176,7 +176,11 @@ impl Vm {
         } else {
             agent.resume(&self.state.id)?;
         }
-        self.state.status = if paused { "paused" } else { "running" }.into();
+        self.state.status = if paused {
+            ContainerStatus::Paused
+        } else {
+            ContainerStatus::Running
+        };
         self.state.save(&self.root)
     }
 
@@ -204,7 +208,7 @@ impl Vm {
     /// removes the share and the state.
     pub fn delete(self, force: bool) -> Result<()> {
         let status = self.status();
-        if !force && !matches!(status.as_str(), "stopped" | "created") {
+        if !force && !status.can_delete() {
             bail!(
                 "container {} is {status}: cannot delete it without --force",
                 self.state.id
@@ -357,7 +361,7 @@ fn create_in(
             let st = VmState {
                 id: id.clone(),
                 bundle: bundle.to_owned(),
-                status: "created".into(),
+                status: ContainerStatus::Created,
                 created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
                 owner: nix::unistd::User::from_uid(nix::unistd::geteuid())
                     .ok()
@@ -418,10 +422,9 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 
 /// `exec` in a VM container: foreground, this process relays and waits;
 /// detached, a monitor does and its pid goes to --pid-file.
-pub fn exec(root: &Path, args: &ExecArgs, process: Value) -> Result<i32> {
-    let vm = Vm::load(root, &args.id)?;
+pub fn exec(vm: Vm, root: &Path, args: &ExecArgs, process: Value) -> Result<i32> {
     let status = vm.status();
-    if status != "running" {
+    if !status.can_exec() {
         bail!(
             "container {} is {status}: cannot exec in it (it is not running)",
             args.id

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use kata_rs_engine::ContainerStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::process::ProcRef;
@@ -18,7 +19,7 @@ pub struct VmState {
     pub bundle: PathBuf,
     /// created, running or paused as last set by a command; the agent and
     /// the monitor have the final say (see `status`).
-    pub status: String,
+    pub status: ContainerStatus,
     pub created: String,
     pub owner: String,
     #[serde(default)]
