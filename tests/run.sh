@@ -44,7 +44,7 @@ run_step() {
 # their measured rates: tests/emulated-host/README.md,
 # docs/emulated-host-soak.md); retries are the safety net, and the tally
 # says how many each step needed. A retry runs only the tests that have not
-# passed yet (libtest-passed.py); the tests that passed in earlier attempts
+# passed yet (tally.py); the tests that passed in earlier attempts
 # are carried over into the tally, and each failed attempt's output stays
 # in the log, marked, without being counted. Each step's --timeout
 # (VM_STEP_TIMEOUT) is a few times its normal length, and an attempt whose
@@ -73,13 +73,13 @@ run_vm_step() {
             break
         fi
         mv "$logdir/$step.log" "$logdir/$step.attempt$attempt"
-        mapfile -t skips < <(python3 "$repo_root/tests/libtest-passed.py" skips "$logdir/$step".attempt*)
+        mapfile -t skips < <(python3 "$repo_root/tests/tally.py" skips "$logdir/$step".attempt*)
         [ ${#skips[@]} -eq 0 ] || skips=(--exact "${skips[@]}")
         attempt=$((attempt + 1))
         echo "=== $name: failed (exit $rc); the emulated KVM host is flaky under TCG, attempt $attempt of $VM_STEP_ATTEMPTS runs the tests that have not passed yet (the attempt above is not counted)"
     done
     if [ "$attempt" -gt 1 ]; then
-        python3 "$repo_root/tests/libtest-passed.py" summary "$logdir/$step".attempt* | tee -a "$logdir/$step.log"
+        python3 "$repo_root/tests/tally.py" summary "$logdir/$step".attempt* | tee -a "$logdir/$step.log"
     fi
     if [ "$rc" -ne 0 ]; then
         echo "=== $name: FAILED (exit $rc) in $attempt attempts"
@@ -228,43 +228,8 @@ run_vm_step "containerd CRI, kata-rs handler ($mode KVM)" \
     env KATA_RS_TEST_ISOLATION=vm KATA_RS_CONFIG="$test_dir/test-vm.toml" \
     "$(test_binary cri)" --test-threads=1 --nocapture
 
-# The tally: libtest's "test result:" lines and the self-test's own line;
-# a step that failed without a failing test (a lint, a crash) counts as one
-# failure itself. A test that could not run prints one "SKIP: reason" line
-# (alone, or after libtest's "test NAME ... " when it runs one at a time)
-# and returns, which libtest reports as passed: it counts as skipped instead.
-python3 - "$logdir" "$SECONDS" <<'PY'
-import pathlib, re, sys
-passed = failed = skipped = 0
-logdir = pathlib.Path(sys.argv[1])
-print("=== steps: seconds, attempts (VM steps)")
-total = 0
-for line in (logdir / "steps").read_text().splitlines():
-    name, secs, attempts = line.split("\t")
-    total += int(secs)
-    print(f"{int(secs):6d} s  {attempts:>2}  {name}")
-print(f"{total:6d} s      in the steps, of {int(sys.argv[2])} s in all")
-failed_steps = set()
-marker = logdir / "step-failures"
-if marker.exists():
-    failed_steps = {int(n) for n in marker.read_text().split()}
-for log in sorted(logdir.glob("*.log"), key=lambda p: int(p.stem)):
-    step_failed = 0
-    for line in log.read_text(errors="replace").splitlines():
-        if re.search(r"(?:^|\.\.\. )SKIP: ", line):
-            passed -= 1; skipped += 1
-            continue
-        m = re.search(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
-        if not m:
-            m = re.fullmatch(r"(\d+) passed, (\d+) failed(?:, (\d+) skipped)?", line.strip())
-        if m:
-            passed += int(m[1]); step_failed += int(m[2]); skipped += int(m[3] or 0)
-    if int(log.stem) in failed_steps and step_failed == 0:
-        step_failed = 1
-    failed += step_failed
-print(f"{passed} passed, {failed} failed, {skipped} skipped")
-sys.exit(1 if failed else 0)
-PY
+# The tally: each step's duration and attempts, and the closing line.
+python3 "$repo_root/tests/tally.py" close "$logdir" "$SECONDS"
 # Never read past the block: the file may have changed under us.
 exit
 }

@@ -980,3 +980,41 @@ fn create_with_a_terminal_leaves_the_callers_pipes_and_the_terminal_works() {
     );
     rt.assert_clean(&id, &bundle);
 }
+
+#[test]
+fn check_boot_brings_a_sandbox_up_and_down_and_leaves_nothing() {
+    if isolation() != "vm" {
+        println!("SKIP: `check --boot` boots a VM, which this isolation's run does not");
+        return;
+    }
+    let rt = Runtime::new();
+    let out = rt.ok(&["check", "--boot", "--timeout", "300"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "the agent answered its health check (SERVING)",
+        "boot: agent version",
+        "boot: guest has",
+        "boot: DestroySandbox:",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    // Its sandbox went whole: processes, host cgroup and directory.
+    let left = kata_rs_tests::peers::processes_mentioning("kata-rs-check-");
+    assert!(left.is_empty(), "left running: {left:?}");
+    let checks_in = |dir: &std::path::Path| -> Vec<_> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("kata-rs-check-"))
+            })
+            .collect()
+    };
+    let cgroups = checks_in(&cgroup::memory_root().join("kata-rs"));
+    assert!(cgroups.is_empty(), "host cgroups left: {cgroups:?}");
+    let dirs = checks_in(&std::env::temp_dir());
+    assert!(dirs.is_empty(), "sandbox directories left: {dirs:?}");
+}
