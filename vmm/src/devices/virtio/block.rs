@@ -9,13 +9,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
@@ -24,9 +24,10 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::epoll::{Epoll, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
+use super::worker::{EventHandler, Worker};
 use super::VIRTIO_F_VERSION_1;
 use super::{
     read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK,
@@ -68,15 +69,7 @@ pub struct Block {
     disk: Disk,
     features: u64,
     config: [u8; CONFIG_LEN],
-    worker: Option<Worker>,
-}
-
-/// The worker thread of an activated device and the eventfd that stops it
-/// (registered in the worker's epoll, so it stays open here until the thread
-/// is joined).
-struct Worker {
-    kill: EventFd,
-    thread: JoinHandle<()>,
+    worker: Option<Worker<()>>,
 }
 
 impl Block {
@@ -148,15 +141,13 @@ impl Block {
         let Some(worker) = self.worker.take() else {
             return true;
         };
-        if let Err(e) = worker.kill.write(1) {
-            error!(error = %e, "cannot stop the virtio-blk worker");
-            self.worker = Some(worker);
-            return false;
+        match worker.stop() {
+            Ok(_) => true,
+            Err(worker) => {
+                self.worker = Some(worker);
+                false
+            }
         }
-        if worker.thread.join().is_err() {
-            error!("the virtio-blk worker panicked");
-        }
-        true
     }
 }
 
@@ -220,31 +211,19 @@ impl VirtioDevice for Block {
                 "the virtio-blk request queue is not ready".into(),
             ));
         }
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let epoll = Epoll::new().map_err(ActivateError::Worker)?;
-        for (fd, token) in [
-            (queue_evt.as_raw_fd(), TOKEN_QUEUE),
-            (kill.as_raw_fd(), TOKEN_KILL),
-        ] {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(ActivateError::Worker)?;
-        }
-        let handler = QueueHandler {
-            mem,
-            queue,
-            disk: self.disk.try_clone().map_err(ActivateError::Worker)?,
-            interrupt,
+        let fds = [(queue_evt.as_raw_fd(), EventSet::IN, TOKEN_QUEUE)];
+        let handler = QueueWorker {
+            handler: QueueHandler {
+                mem,
+                queue,
+                disk: self.disk.try_clone().map_err(ActivateError::Worker)?,
+                interrupt,
+            },
+            epoll: Epoll::new().map_err(ActivateError::Worker)?,
+            queue_evt,
         };
-        let thread = thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || handler.run(&epoll, &queue_evt))
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(Worker { kill, thread });
+        self.worker =
+            Some(Worker::spawn("virtio-blk", handler, &fds).map_err(ActivateError::Worker)?);
         Ok(())
     }
 
@@ -260,7 +239,6 @@ impl Drop for Block {
 }
 
 const TOKEN_QUEUE: u64 = 0;
-const TOKEN_KILL: u64 = 1;
 
 /// The backing file and what the guest may do with it.
 struct Disk {
@@ -554,32 +532,33 @@ struct QueueHandler {
     interrupt: Arc<Interrupt>,
 }
 
-impl QueueHandler {
-    fn run(mut self, epoll: &Epoll, queue_evt: &EventFd) {
-        let mut events = [EpollEvent::default(); 2];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!(error = %e, "virtio-blk worker cannot wait for events; stopping");
-                    return;
-                }
-            };
-            for event in &events[..n] {
-                match event.data() {
-                    TOKEN_KILL => return,
-                    _ => {
-                        // Clear the eventfd before looking at the ring, so a
-                        // notification racing with this pass is not lost.
-                        let _ = queue_evt.read();
-                        self.process_queue();
-                    }
-                }
-            }
-        }
+/// The queue handler on the device's worker thread, woken by the queue's
+/// eventfd.
+struct QueueWorker {
+    handler: QueueHandler,
+    epoll: Epoll,
+    queue_evt: EventFd,
+}
+
+impl EventHandler for QueueWorker {
+    type Output = ();
+
+    fn epoll(&self) -> &Epoll {
+        &self.epoll
     }
 
+    fn handle(&mut self, _token: u64, _set: EventSet) -> ControlFlow<()> {
+        // Clear the eventfd before looking at the ring, so a notification
+        // racing with this pass is not lost.
+        let _ = self.queue_evt.read();
+        self.handler.process_queue();
+        ControlFlow::Continue(())
+    }
+
+    fn finish(self) {}
+}
+
+impl QueueHandler {
     /// Serves every available chain, then interrupts the guest if it
     /// wants to know.
     fn process_queue(&mut self) {
@@ -639,6 +618,7 @@ impl QueueHandler {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+    use std::thread;
     use std::time::{Duration, Instant};
 
     use tempfile::NamedTempFile;
@@ -648,6 +628,7 @@ mod tests {
     };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
     use crate::devices::virtio::INT_USED_RING;

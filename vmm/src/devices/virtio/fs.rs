@@ -16,10 +16,11 @@
 //! reset followed by a new activation fails cleanly (DEVICE_NEEDS_RESET).
 
 use std::io;
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, error};
@@ -31,9 +32,10 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::worker::{EventHandler, Worker};
 use super::VIRTIO_F_VERSION_1;
 use super::{read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
 use crate::memory::GuestMemory;
@@ -134,14 +136,7 @@ pub struct Fs {
     protocol_features: VhostUserProtocolFeatures,
     features: u64,
     config: [u8; CONFIG_LEN],
-    relay: Option<Relay>,
-}
-
-/// The interrupt relay of an activated device and the eventfd that stops it
-/// (registered in the relay's epoll, so it stays open until the join).
-struct Relay {
-    kill: EventFd,
-    thread: JoinHandle<()>,
+    relay: Option<Worker<()>>,
 }
 
 impl Fs {
@@ -306,15 +301,13 @@ impl Fs {
         let Some(relay) = self.relay.take() else {
             return true;
         };
-        if let Err(e) = relay.kill.write(1) {
-            error!(error = %e, "cannot stop the virtio-fs interrupt relay");
-            self.relay = Some(relay);
-            return false;
+        match relay.stop() {
+            Ok(_) => true,
+            Err(relay) => {
+                self.relay = Some(relay);
+                false
+            }
         }
-        if relay.thread.join().is_err() {
-            error!("the virtio-fs interrupt relay panicked");
-        }
-        true
     }
 }
 
@@ -361,68 +354,59 @@ fn ring_addresses(mem: &GuestMemory, queues: &[Queue]) -> Result<Vec<VringConfig
         .collect()
 }
 
-const TOKEN_KILL: u64 = u64::MAX;
 const TOKEN_HANGUP: u64 = u64::MAX - 1;
+
+/// Turns virtiofsd's used-buffer notifications (its call eventfds) into
+/// guest interrupts until told to stop or virtiofsd hangs up.
+struct Relay {
+    epoll: Epoll,
+    calls: Vec<EventFd>,
+    interrupt: Arc<Interrupt>,
+}
+
+impl EventHandler for Relay {
+    type Output = ();
+
+    fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    fn handle(&mut self, token: u64, _set: EventSet) -> ControlFlow<()> {
+        if token == TOKEN_HANGUP {
+            error!("virtiofsd closed its connection; the virtio-fs device stops");
+            return ControlFlow::Break(());
+        }
+        if let Some(call) = self.calls.get(token as usize) {
+            // Clear the count first so a call racing with the interrupt is
+            // not lost.
+            let _ = call.read();
+            self.interrupt.signal_used_queue();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn finish(self) {}
+}
 
 fn start_relay(
     calls: Vec<EventFd>,
     socket: &UnixStream,
-    interrupt: std::sync::Arc<Interrupt>,
-) -> Result<Relay, SetupError> {
-    let kill = EventFd::new(EFD_NONBLOCK).map_err(SetupError::Relay)?;
-    let epoll = Epoll::new().map_err(SetupError::Relay)?;
+    interrupt: Arc<Interrupt>,
+) -> Result<Worker<()>, SetupError> {
     let mut fds: Vec<(i32, EventSet, u64)> = calls
         .iter()
         .enumerate()
         .map(|(i, c)| (c.as_raw_fd(), EventSet::IN, i as u64))
         .collect();
-    fds.push((kill.as_raw_fd(), EventSet::IN, TOKEN_KILL));
     // Only the hang-up: the vCPU threads read virtiofsd's replies on this
     // socket, and those must not wake the relay.
     fds.push((socket.as_raw_fd(), EventSet::READ_HANG_UP, TOKEN_HANGUP));
-    for (fd, set, token) in fds {
-        epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
-            .map_err(SetupError::Relay)?;
-    }
-    let thread = thread::Builder::new()
-        .name("virtio-fs".into())
-        .spawn(move || relay(&epoll, &calls, &interrupt))
-        .map_err(SetupError::Relay)?;
-    Ok(Relay { kill, thread })
-}
-
-/// Turns virtiofsd's used-buffer notifications into guest interrupts until
-/// told to stop or virtiofsd hangs up.
-fn relay(epoll: &Epoll, calls: &[EventFd], interrupt: &Interrupt) {
-    let mut events = [EpollEvent::default(); NUM_QUEUES + 2];
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                error!(error = %e, "virtio-fs interrupt relay cannot wait for events; stopping");
-                return;
-            }
-        };
-        for event in &events[..n] {
-            match event.data() {
-                TOKEN_KILL => return,
-                TOKEN_HANGUP => {
-                    error!("virtiofsd closed its connection; the virtio-fs device stops");
-                    return;
-                }
-                index => {
-                    if let Some(call) = calls.get(index as usize) {
-                        // Clear the count first so a call racing with the
-                        // interrupt is not lost.
-                        let _ = call.read();
-                        interrupt.signal_used_queue();
-                    }
-                }
-            }
-        }
-    }
+    let relay = Relay {
+        epoll: Epoll::new().map_err(SetupError::Relay)?,
+        calls,
+        interrupt,
+    };
+    Worker::spawn("virtio-fs", relay, &fds).map_err(SetupError::Relay)
 }
 
 impl VirtioDevice for Fs {
@@ -482,9 +466,11 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::Shutdown;
     use std::os::unix::net::UnixListener;
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::sync::{mpsc, Mutex};
+    use std::thread;
 
     use vhost::vhost_user::message::FrontendReq;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
     use crate::devices::virtio::INT_USED_RING;
@@ -848,8 +834,7 @@ mod tests {
         }
         assert_eq!(interrupt.status(), INT_USED_RING);
         assert_eq!(interrupt.eventfd().read().unwrap(), 1);
-        relay.kill.write(1).unwrap();
-        relay.thread.join().unwrap();
+        assert!(relay.stop().is_ok());
     }
 
     #[test]
@@ -862,7 +847,7 @@ mod tests {
         backend.die();
         // The relay sees the hang-up and ends on its own.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !fs.relay.as_ref().unwrap().thread.is_finished() {
+        while !fs.relay.as_ref().unwrap().is_finished() {
             assert!(std::time::Instant::now() < deadline, "relay still running");
             thread::sleep(Duration::from_millis(5));
         }

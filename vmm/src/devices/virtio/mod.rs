@@ -3,9 +3,9 @@
 //! A device implements [`VirtioDevice`]: it describes itself (type, queues,
 //! features, config space) and, once the driver sets DRIVER_OK, is handed its
 //! queues in [`ActivateContext`]. From then on the device processes its queues
-//! on its own worker thread, woken by the queue eventfds (KVM ioeventfds on
-//! the QueueNotify register), and tells the guest about used buffers through
-//! the shared [`Interrupt`].
+//! on its own worker thread ([`worker`]), woken by the queue eventfds (KVM
+//! ioeventfds on the QueueNotify register), and tells the guest about used
+//! buffers through the shared [`Interrupt`].
 
 pub mod block;
 pub mod fs;
@@ -14,6 +14,7 @@ pub mod net;
 #[cfg(test)]
 mod test_driver;
 pub mod vsock;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -13,11 +13,11 @@ use std::ffi::c_int;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
@@ -27,8 +27,9 @@ use virtio_bindings::virtio_net::{
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
+use super::worker::{EventHandler, Worker};
 use super::{
     read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
@@ -289,15 +290,7 @@ pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_LEN],
     features: u64,
-    worker: Option<Worker>,
-}
-
-/// The worker thread of an activated device and the eventfd that stops it
-/// (registered in the worker's epoll, so it stays open here until the thread
-/// is joined).
-struct Worker {
-    kill: EventFd,
-    thread: JoinHandle<()>,
+    worker: Option<Worker<()>>,
 }
 
 impl Net {
@@ -327,15 +320,13 @@ impl Net {
         let Some(worker) = self.worker.take() else {
             return true;
         };
-        if let Err(e) = worker.kill.write(1) {
-            error!(error = %e, "cannot stop the virtio-net worker");
-            self.worker = Some(worker);
-            return false;
+        match worker.stop() {
+            Ok(_) => true,
+            Err(worker) => {
+                self.worker = Some(worker);
+                false
+            }
         }
-        if worker.thread.join().is_err() {
-            error!("the virtio-net worker panicked");
-        }
-        true
     }
 }
 
@@ -393,26 +384,17 @@ impl VirtioDevice for Net {
         }
         let tap = self.tap.file.try_clone().map_err(ActivateError::Worker)?;
         let handler = Handler::new(mem, rx, tx, tap, interrupt).map_err(ActivateError::Worker)?;
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        for (fd, token) in [
-            (rx_evt.as_raw_fd(), TOKEN_RX_QUEUE),
-            (tx_evt.as_raw_fd(), TOKEN_TX_QUEUE),
-            (kill.as_raw_fd(), TOKEN_KILL),
-        ] {
-            handler
-                .epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(ActivateError::Worker)?;
-        }
-        let thread = thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || handler.run(&rx_evt, &tx_evt))
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(Worker { kill, thread });
+        let fds = [
+            (rx_evt.as_raw_fd(), EventSet::IN, TOKEN_RX_QUEUE),
+            (tx_evt.as_raw_fd(), EventSet::IN, TOKEN_TX_QUEUE),
+        ];
+        let worker = QueueWorker {
+            handler,
+            rx_evt,
+            tx_evt,
+        };
+        self.worker =
+            Some(Worker::spawn("virtio-net", worker, &fds).map_err(ActivateError::Worker)?);
         Ok(())
     }
 
@@ -431,7 +413,6 @@ impl Drop for Net {
 const TOKEN_RX_QUEUE: u64 = 0;
 const TOKEN_TX_QUEUE: u64 = 1;
 const TOKEN_TAP: u64 = 2;
-const TOKEN_KILL: u64 = 3;
 
 /// Why a chain was returned unused.
 #[derive(Debug, thiserror::Error)]
@@ -655,6 +636,55 @@ struct Handler {
     tx_error_logged: bool,
 }
 
+/// The handler on the device's worker thread, woken by the queues'
+/// eventfds and the tap.
+struct QueueWorker {
+    handler: Handler,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+}
+
+impl EventHandler for QueueWorker {
+    type Output = ();
+
+    fn epoll(&self) -> &Epoll {
+        &self.handler.epoll
+    }
+
+    fn handle(&mut self, token: u64, set: EventSet) -> ControlFlow<()> {
+        // Each eventfd is cleared before its ring is looked at, so a
+        // notification racing with this pass is not lost.
+        match token {
+            TOKEN_RX_QUEUE => {
+                let _ = self.rx_evt.read();
+                self.handler.process_rx();
+            }
+            TOKEN_TX_QUEUE => {
+                let _ = self.tx_evt.read();
+                // A full batch yields to the other events; the eventfd
+                // brings this thread back for the rest.
+                if self.handler.process_tx() {
+                    let _ = self.tx_evt.write(1);
+                }
+            }
+            _ => {
+                self.handler.process_rx();
+                // Level-triggered: an error or hang-up would wake this loop
+                // forever.
+                if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                    self.handler
+                        .tap_failed("the tap reported an error or hang-up");
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn finish(self) {
+        debug!(stats = ?self.handler.stats, "virtio-net worker stopped");
+    }
+}
+
 impl Handler {
     /// Creates the epoll set with the tap in it; the caller adds the rest.
     fn new(
@@ -687,53 +717,6 @@ impl Handler {
             drop_warnings: WarnLimit::default(),
             tx_error_logged: false,
         })
-    }
-
-    fn run(mut self, rx_evt: &EventFd, tx_evt: &EventFd) {
-        let mut events = [EpollEvent::default(); 4];
-        loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!(error = %e, "virtio-net worker cannot wait for events; stopping");
-                    return;
-                }
-            };
-            for event in &events[..n] {
-                // Each eventfd is cleared before its ring is looked at, so a
-                // notification racing with this pass is not lost.
-                match event.data() {
-                    TOKEN_KILL => {
-                        debug!(stats = ?self.stats, "virtio-net worker stopped");
-                        return;
-                    }
-                    TOKEN_RX_QUEUE => {
-                        let _ = rx_evt.read();
-                        self.process_rx();
-                    }
-                    TOKEN_TX_QUEUE => {
-                        let _ = tx_evt.read();
-                        // A full batch yields to the other events; the
-                        // eventfd brings this thread back for the rest.
-                        if self.process_tx() {
-                            let _ = tx_evt.write(1);
-                        }
-                    }
-                    _ => {
-                        self.process_rx();
-                        // Level-triggered: an error or hang-up would wake
-                        // this loop forever.
-                        if event
-                            .event_set()
-                            .intersects(EventSet::ERROR | EventSet::HANG_UP)
-                        {
-                            self.tap_failed("the tap reported an error or hang-up");
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Moves frames from the tap into receive buffers: the pending one
@@ -949,12 +932,14 @@ fn send_frame(
 mod tests {
     use std::os::unix::fs::MetadataExt;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::thread;
 
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::split::Descriptor;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
     use crate::devices::virtio::test_driver::DriverQueue;

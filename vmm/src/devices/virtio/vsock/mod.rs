@@ -158,13 +158,17 @@ impl VirtioDevice for Vsock {
             return true;
         };
         match worker.stop() {
-            Some(mut backend) => {
+            Ok(Some(mut backend)) => {
                 backend.reset();
                 self.backend = Some(backend);
                 true
             }
-            None => {
+            Ok(None) => {
                 tracing::error!("the vsock worker died; the device cannot be reset");
+                false
+            }
+            Err(worker) => {
+                self.worker = Some(worker);
                 false
             }
         }
@@ -175,7 +179,7 @@ impl Drop for Vsock {
     fn drop(&mut self) {
         // Joining gets the backend back, so the socket file goes with it.
         if let Some(worker) = self.worker.take() {
-            worker.stop();
+            let _ = worker.stop();
         }
     }
 }

@@ -1,17 +1,18 @@
-//! The thread that runs an activated vsock device: one epoll loop over the
-//! queue eventfds, the kill eventfd, the listener and the Unix streams.
+//! What an activated vsock device does on its worker thread: it waits on
+//! the queue eventfds, the listener and the Unix streams.
 
+use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::epoll::{Epoll, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{Backend, FD_TOKEN_BASE};
 use super::packet::{RxBuffer, TxPacket};
+use crate::devices::virtio::worker::{EventHandler, Worker as DeviceWorker};
 use crate::devices::virtio::{ActivateContext, ActivateError, Interrupt};
 use crate::memory::GuestMemory;
 
@@ -20,7 +21,6 @@ pub const TX_QUEUE: usize = 1;
 pub const NUM_QUEUES: usize = 3;
 
 // Epoll tokens: the queues (rx, tx, event) use their indices.
-const TOKEN_KILL: u64 = 3;
 pub(super) const TOKEN_LISTENER: u64 = 4;
 
 struct Worker {
@@ -32,26 +32,13 @@ struct Worker {
     backend: Backend,
 }
 
-/// A running worker; [`WorkerHandle::stop`] gives the backend back.
-pub struct WorkerHandle {
-    kill: EventFd,
-    thread: JoinHandle<Backend>,
-}
-
-impl WorkerHandle {
-    /// Stops the worker and returns its backend, or `None` if the worker
-    /// panicked (and the backend went with it).
-    pub fn stop(self) -> Option<Backend> {
-        if let Err(e) = self.kill.write(1) {
-            tracing::error!(error = %e, "cannot stop the vsock worker");
-        }
-        self.thread.join().ok()
-    }
-}
+/// A running worker; stopping it gives the backend back.
+pub type WorkerHandle = DeviceWorker<Backend>;
 
 /// Starts the worker on the backend in `slot`. The backend stays in the
-/// slot if setting up fails; if the thread cannot be created it is lost (and
-/// the socket file removed), which the error reports.
+/// slot if its epoll set cannot be made; past that, a failure (watching an
+/// fd, creating the thread) loses it, and the socket file with it, which
+/// the error reports.
 pub fn spawn(
     ctx: ActivateContext,
     slot: &mut Option<Backend>,
@@ -59,30 +46,20 @@ pub fn spawn(
     let backend = slot
         .take()
         .ok_or_else(|| ActivateError::Invalid("the vsock backend was lost".into()))?;
-    let setup = || -> std::io::Result<(Epoll, EventFd)> {
-        let epoll = Epoll::new()?;
-        let kill = EventFd::new(EFD_NONBLOCK)?;
-        let watch = |fd: RawFd, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
-        for (index, evt) in ctx.queue_events.iter().enumerate() {
-            watch(evt.as_raw_fd(), index as u64)?;
-        }
-        watch(kill.as_raw_fd(), TOKEN_KILL)?;
-        watch(backend.listener_fd(), TOKEN_LISTENER)?;
-        Ok((epoll, kill))
-    };
-    let (epoll, kill) = match setup() {
-        Ok(v) => v,
+    let epoll = match Epoll::new() {
+        Ok(epoll) => epoll,
         Err(e) => {
             *slot = Some(backend);
             return Err(ActivateError::Worker(e));
         }
     };
+    let mut fds: Vec<(RawFd, EventSet, u64)> = ctx
+        .queue_events
+        .iter()
+        .enumerate()
+        .map(|(index, evt)| (evt.as_raw_fd(), EventSet::IN, index as u64))
+        .collect();
+    fds.push((backend.listener_fd(), EventSet::IN, TOKEN_LISTENER));
     let worker = Worker {
         mem: ctx.mem,
         queues: ctx.queues,
@@ -91,61 +68,63 @@ pub fn spawn(
         epoll,
         backend,
     };
-    let thread = std::thread::Builder::new()
-        .name("vsock".into())
-        .spawn(move || worker.run())
-        .map_err(ActivateError::Worker)?;
-    Ok(WorkerHandle { kill, thread })
+    DeviceWorker::spawn("vsock", worker, &fds).map_err(ActivateError::Worker)
 }
 
-impl Worker {
-    fn run(mut self) -> Backend {
-        let mut events = vec![EpollEvent::default(); 64];
-        loop {
-            let timeout = match self.backend.next_deadline() {
-                // Rounded up, so the wait never ends just short of a deadline.
-                Some(d) => {
-                    let us = d.saturating_duration_since(Instant::now()).as_micros();
-                    i32::try_from(us.div_ceil(1000)).unwrap_or(i32::MAX)
-                }
-                None => -1,
-            };
-            let n = match self.epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "vsock worker cannot wait for events");
-                    return self.backend;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_KILL => return self.backend,
-                    TOKEN_LISTENER => self.backend.accept(&self.epoll),
-                    token if token >= FD_TOKEN_BASE => {
-                        let fd = (token - FD_TOKEN_BASE) as RawFd;
-                        self.backend.on_fd_event(&self.epoll, fd, ev.event_set());
-                    }
-                    token => {
-                        // A queue was notified; all queues are looked at
-                        // below anyway.
-                        if let Some(evt) = self.queue_events.get(token as usize) {
-                            let _ = evt.read();
-                        }
-                    }
-                }
+impl EventHandler for Worker {
+    type Output = Backend;
+
+    fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    /// Until the backend's next deadline, rounded up so that the wait never
+    /// ends just short of it.
+    fn timeout_ms(&mut self) -> i32 {
+        match self.backend.next_deadline() {
+            Some(d) => {
+                let us = d.saturating_duration_since(Instant::now()).as_micros();
+                i32::try_from(us.div_ceil(1000)).unwrap_or(i32::MAX)
             }
-            self.backend.on_timeouts(&self.epoll);
-            // Tx may queue replies, and rx may make room for tx (RSTs).
-            let mut used = self.process_rx();
-            used |= self.process_tx();
-            used |= self.process_rx();
-            if used {
-                self.interrupt.signal_used_queue();
-            }
+            None => -1,
         }
     }
 
+    fn handle(&mut self, token: u64, set: EventSet) -> ControlFlow<()> {
+        match token {
+            TOKEN_LISTENER => self.backend.accept(&self.epoll),
+            token if token >= FD_TOKEN_BASE => {
+                let fd = (token - FD_TOKEN_BASE) as RawFd;
+                self.backend.on_fd_event(&self.epoll, fd, set);
+            }
+            token => {
+                // A queue was notified; all queues are looked at after the
+                // wait anyway.
+                if let Some(evt) = self.queue_events.get(token as usize) {
+                    let _ = evt.read();
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn after_wait(&mut self) {
+        self.backend.on_timeouts(&self.epoll);
+        // Tx may queue replies, and rx may make room for tx (RSTs).
+        let mut used = self.process_rx();
+        used |= self.process_tx();
+        used |= self.process_rx();
+        if used {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    fn finish(self) -> Backend {
+        self.backend
+    }
+}
+
+impl Worker {
     /// Fills rx buffers with the packets owed to the guest. Returns whether
     /// the used ring changed.
     fn process_rx(&mut self) -> bool {
