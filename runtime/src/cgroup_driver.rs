@@ -6,11 +6,27 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::error::Kind;
 
-/// Whether the systemd driver is chosen, by the flag or the configuration;
-/// a FailedPrecondition naming the choice where this host cannot serve it.
-pub fn systemd(flag: bool, config: &Config) -> anyhow::Result<bool> {
+/// Why the systemd driver, chosen by `chosen_by`, cannot serve on this
+/// host: a precondition the host does not meet.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(
+        "{chosen_by} chooses the systemd cgroup driver, but systemd is not running on \
+         this host; set it to false to take cgroupsPath as a cgroupfs path, as runc does \
+         by default"
+    )]
+    NoSystemd { chosen_by: &'static str },
+    #[error(
+        "{chosen_by} chooses the systemd cgroup driver, which kata-rs supports on cgroup \
+         v2 only, and this host mounts cgroup v1; set it to false to use cgroupfs"
+    )]
+    CgroupV1 { chosen_by: &'static str },
+}
+
+/// Whether the systemd driver is chosen, by the flag or the configuration,
+/// and this host can serve it.
+pub fn systemd(flag: bool, config: &Config) -> Result<bool, DriverError> {
     let chosen_by = match (flag, config.runtime.systemd_cgroup) {
         (true, _) => "--systemd-cgroup",
         (false, true) => "runtime.systemd_cgroup in the configuration",
@@ -18,19 +34,12 @@ pub fn systemd(flag: bool, config: &Config) -> anyhow::Result<bool> {
     };
     // As sd_booted(3) tells.
     if !Path::new("/run/systemd/system").is_dir() {
-        return Err(Kind::FailedPrecondition.err(format!(
-            "{chosen_by} chooses the systemd cgroup driver, but systemd is not running on \
-             this host; set it to false to take cgroupsPath as a cgroupfs path, as runc does \
-             by default"
-        )));
+        return Err(DriverError::NoSystemd { chosen_by });
     }
     let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
     if !unified {
-        return Err(Kind::FailedPrecondition.err(format!(
-            "{chosen_by} chooses the systemd cgroup driver, which kata-rs supports on cgroup \
-             v2 only, and this host mounts cgroup v1; set it to false to use cgroupfs"
-        )));
+        return Err(DriverError::CgroupV1 { chosen_by });
     }
     Ok(true)
 }
@@ -50,7 +59,6 @@ mod tests {
         config.runtime.systemd_cgroup = true;
         if let Err(e) = systemd(false, &config) {
             assert!(e.to_string().starts_with("runtime.systemd_cgroup"), "{e}");
-            assert_eq!(crate::error::kind_of(&e), Some(Kind::FailedPrecondition));
         }
         if let Err(e) = systemd(true, &config) {
             assert!(e.to_string().starts_with("--systemd-cgroup chooses"), "{e}");

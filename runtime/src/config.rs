@@ -94,9 +94,8 @@ impl Isolation {
     pub const ANNOTATION: &'static str = "io.kata-rs.isolation";
 
     /// The isolation the annotations of `spec` ask for, if any.
-    pub fn annotated(spec: &serde_json::Value) -> anyhow::Result<Option<Self>> {
-        spec["annotations"][Self::ANNOTATION]
-            .as_str()
+    pub fn annotated(spec: &oci_spec::runtime::Spec) -> anyhow::Result<Option<Self>> {
+        crate::bundle::annotation(spec, Self::ANNOTATION)
             .map(|value| {
                 value
                     .parse()

@@ -2,8 +2,8 @@
 //! top of the microVM sandbox.
 //!
 //! - [`config`]: the TOML configuration;
+//! - [`bundle`]: a bundle's config.json, read as a typed OCI spec;
 //! - [`cgroup_driver`]: cgroupfs or systemd for the host's cgroups;
-//! - [`error`]: the kinds of failure callers act on (not found, ...);
 //! - [`kvm`]: what kind of KVM the host has;
 //! - [`check`]: `kata-rs check`, what this host can run;
 //! - [`log`]: the log both binaries write, in runc's formats;
@@ -15,10 +15,10 @@
 //! - [`oci`]: the runc-compatible OCI command line;
 //! - [`shim`]: `containerd-shim-kata-rs-v2`, one microVM per pod.
 
+pub mod bundle;
 pub mod cgroup_driver;
 pub mod check;
 pub mod config;
-pub mod error;
 pub mod host_cgroup;
 pub mod kvm;
 pub mod log;

@@ -138,8 +138,7 @@ impl OciContainer for vm::Vm {
 
     fn exec(self: Box<Self>, root: &Path, args: &ExecArgs) -> Result<i32> {
         let spec = kata_rs_engine::load_bundle_spec(&args.id, &self.state.bundle)?;
-        let process = serde_json::to_value(namespace::exec_process(&spec, args)?)?;
-        vm::exec(*self, root, args, process)
+        vm::exec(*self, root, args, namespace::exec_process(&spec, args)?)
     }
 
     fn pids(&self) -> Result<Vec<i32>> {
@@ -156,7 +155,7 @@ impl OciContainer for vm::Vm {
     }
 
     fn update(&self, resources: &LinuxResources) -> Result<()> {
-        vm::Vm::update(self, &serde_json::to_value(resources)?)
+        vm::Vm::update(self, resources)
     }
 
     fn stats(&self) -> Result<Value> {

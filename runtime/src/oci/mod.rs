@@ -21,9 +21,10 @@ pub mod vm;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use kata_rs_engine::Engine;
 use nix::sys::signal::Signal;
+use oci_spec::runtime::{LinuxCpu, LinuxResources};
 
 use crate::config::{Config, Isolation};
 use cli::{Cli, Command, CreateArgs, ListFormat};
@@ -112,32 +113,33 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             cpu_shares,
             id,
         } => {
-            let mut value = match &resources {
+            let mut update = match &resources {
                 Some(path) => namespace::read_resources(path)?,
-                None => serde_json::json!({}),
+                None => LinuxResources::default(),
             };
-            let set =
-                |v: &mut serde_json::Value, section: &str, key: &str, x: serde_json::Value| {
-                    v[section][key] = x;
-                };
             if let Some(m) = memory {
-                set(&mut value, "memory", "limit", m.into());
+                let memory = update.memory_mut().get_or_insert_with(Default::default);
+                memory.set_limit(Some(m));
             }
             if let Some(p) = pids_limit {
-                set(&mut value, "pids", "limit", p.into());
+                update
+                    .pids_mut()
+                    .get_or_insert_with(Default::default)
+                    .set_limit(p);
             }
-            if let Some(q) = cpu_quota {
-                set(&mut value, "cpu", "quota", q.into());
+            if cpu_quota.is_some() || cpu_period.is_some() || cpu_shares.is_some() {
+                let cpu = update.cpu_mut().get_or_insert_with(LinuxCpu::default);
+                if let Some(q) = cpu_quota {
+                    cpu.set_quota(Some(q));
+                }
+                if let Some(p) = cpu_period {
+                    cpu.set_period(Some(p));
+                }
+                if let Some(s) = cpu_shares {
+                    cpu.set_shares(Some(s));
+                }
             }
-            if let Some(p) = cpu_period {
-                set(&mut value, "cpu", "period", p.into());
-            }
-            if let Some(s) = cpu_shares {
-                set(&mut value, "cpu", "shares", s.into());
-            }
-            let resources: kata_rs_engine::LinuxResources =
-                serde_json::from_value(value).context("invalid resources")?;
-            container::load(root, &id)?.update(&resources)?;
+            container::load(root, &id)?.update(&update)?;
         }
         Command::Events {
             stats,
@@ -154,12 +156,12 @@ pub fn isolation(args: &CreateArgs, config: &Config) -> Result<Isolation> {
     if let Some(i) = args.isolation {
         return Ok(i);
     }
-    let path = args.bundle.join("config.json");
-    let spec = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .unwrap_or_default();
-    Ok(Isolation::annotated(&spec)?.unwrap_or(config.runtime.isolation))
+    // A bundle without a readable spec is refused by the create itself.
+    let annotated = match crate::bundle::read_spec(&args.bundle) {
+        Ok(spec) => Isolation::annotated(&spec)?,
+        Err(_) => None,
+    };
+    Ok(annotated.unwrap_or(config.runtime.isolation))
 }
 
 /// Signals by name (TERM, SIGTERM, any case) or number, as runc takes them.

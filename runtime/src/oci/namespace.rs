@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use kata_rs_engine::{Container, CreateOptions, Engine, ExecOptions, Process};
+use kata_rs_engine::{Container, CreateOptions, Engine, ExecOptions, LinuxResources, Process};
 
 use super::cli::{CreateArgs, ExecArgs};
 use super::console::{self, OwnConsole};
@@ -210,7 +210,7 @@ pub fn ps_table(pids: &[i32], ps_args: &[String]) -> Result<String> {
 }
 
 /// Reads `update --resources` from a file or stdin (`-`).
-pub fn read_resources(path: &Path) -> Result<serde_json::Value> {
+pub fn read_resources(path: &Path) -> Result<LinuxResources> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read stdin")?;
@@ -218,7 +218,8 @@ pub fn read_resources(path: &Path) -> Result<serde_json::Value> {
     } else {
         std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?
     };
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid OCI resources", path.display()))
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! A sandbox's agent as the runtime calls it: one method per request, each
-//! bounded in time (but the wait for a process), each failure saying which
-//! container and request it was, with the kind the agent's status code
-//! gives it.
+//! bounded in time (but the wait for a process), each failure an
+//! [`AgentError`] saying which container and request it was, with the
+//! agent's status code where it answered with one.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use kata_rs_engine::ContainerStatus;
 use kata_rs_protocol::agent::{
     ContainerRequest, CreateContainerRequest, DestroySandboxRequest, ExecProcessRequest,
     ProcessRequest, RemoveContainerRequest, SetupPodNetworkRequest, SignalProcessRequest,
@@ -14,10 +14,8 @@ use kata_rs_protocol::agent::{
 };
 use kata_rs_protocol::agent_ttrpc::AgentServiceClient;
 use kata_rs_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde_json::Value;
-
-use crate::error::Kind;
-use kata_rs_engine::ContainerStatus;
 
 /// Bound for one request that does not wait for a process.
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,6 +48,85 @@ pub struct Agent {
     client: AgentClient,
 }
 
+/// How a request to the agent failed. Each message is whole on its own
+/// (logs print them as they are).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent answered with a failure status.
+    #[error("container {id}: {request}: {message}")]
+    Refused {
+        request: &'static str,
+        id: String,
+        code: ttrpc::Code,
+        message: String,
+    },
+    /// No answer came: the connection broke, or the time bound passed.
+    #[error("container {id}: {request}: {cause}")]
+    Unanswered {
+        request: &'static str,
+        id: String,
+        cause: ttrpc::Error,
+    },
+    /// The agent answered something this runtime cannot read.
+    #[error("container {id}: {request}: {why}")]
+    Unreadable {
+        request: &'static str,
+        id: String,
+        why: String,
+    },
+    #[error("container {id}: {request}: encode the request: {cause}")]
+    Encode {
+        request: &'static str,
+        id: String,
+        cause: serde_json::Error,
+    },
+    /// A request for the whole sandbox failed.
+    #[error("{request}: {cause}")]
+    Sandbox {
+        request: &'static str,
+        cause: ttrpc::Error,
+    },
+    #[error("connect to the agent: {cause}")]
+    Connect { cause: String },
+}
+
+impl AgentError {
+    /// The status code the agent refused the request with, if it did.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            AgentError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn of_rpc(request: &'static str, id: &str, e: ttrpc::Error) -> Self {
+        let id = id.to_owned();
+        match e {
+            ttrpc::Error::RpcStatus(s) => AgentError::Refused {
+                request,
+                id,
+                code: s.code(),
+                message: s.message().to_owned(),
+            },
+            cause => AgentError::Unanswered { request, id, cause },
+        }
+    }
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// The message of `e` and of each of its causes, joined as anyhow joins
+/// them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    message
+}
+
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
 }
@@ -60,18 +137,14 @@ fn container_req(id: &str) -> ContainerRequest {
     req
 }
 
-/// An agent's failed answer to request `what` for container `id`, with
-/// its kind where its status code has one.
-fn rpc_error(what: &str, id: &str, e: ttrpc::Error) -> anyhow::Error {
-    let (text, kind) = match &e {
-        ttrpc::Error::RpcStatus(s) => (s.message().to_owned(), Kind::of_code(s.code())),
-        other => (other.to_string(), None),
-    };
-    let message = format!("container {id}: {what}: {text}");
-    match kind {
-        Some(kind) => kind.err(message),
-        None => anyhow::anyhow!(message),
-    }
+/// The JSON form of `value`, a part of request `request` for container
+/// `id`.
+fn json_of(request: &'static str, id: &str, value: &impl serde::Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|cause| AgentError::Encode {
+        request,
+        id: id.to_owned(),
+        cause,
+    })
 }
 
 impl Agent {
@@ -82,24 +155,24 @@ impl Agent {
     /// Makes request `what` for container `id` with `rpc`, bounded.
     fn call<R>(
         &self,
-        what: &str,
+        request: &'static str,
         id: &str,
         rpc: impl FnOnce(&AgentServiceClient, ttrpc::context::Context) -> ttrpc::Result<R>,
     ) -> Result<R> {
-        rpc(&self.client.agent, ctx()).map_err(|e| rpc_error(what, id, e))
+        rpc(&self.client.agent, ctx()).map_err(|e| AgentError::of_rpc(request, id, e))
     }
 
     /// Connects to the agent of the VM whose hybrid vsock socket is `uds`.
     pub fn connect(uds: &Path) -> Result<Self> {
         AgentClient::connect_hybrid(uds, AGENT_VSOCK_PORT, CONNECT_TIMEOUT)
             .map(Self::new)
-            .context("connect to the agent")
+            .map_err(|e| AgentError::Connect { cause: chain(&e) })
     }
 
-    pub fn create(&self, id: &str, spec: &Value) -> Result<()> {
+    pub fn create(&self, id: &str, spec: &Spec) -> Result<()> {
         let mut req = CreateContainerRequest::new();
         req.container_id = id.to_owned();
-        req.spec_json = serde_json::to_vec(spec)?;
+        req.spec_json = json_of("create", id, spec)?;
         self.call("create", id, |a, c| a.create_container(c, &req))
             .map(drop)
     }
@@ -111,11 +184,11 @@ impl Agent {
 
     /// Starts `process` (an OCI process) as `exec_id` in container `id`;
     /// its pid where the agent runs.
-    pub fn exec(&self, id: &str, exec_id: &str, process: &Value) -> Result<u32> {
+    pub fn exec(&self, id: &str, exec_id: &str, process: &Process) -> Result<u32> {
         let mut req = ExecProcessRequest::new();
         req.container_id = id.to_owned();
         req.exec_id = exec_id.to_owned();
-        req.process_json = serde_json::to_vec(process)?;
+        req.process_json = json_of("exec", id, process)?;
         let resp = self.call("exec", id, |a, c| a.exec_process(c, &req))?;
         Ok(u32::try_from(resp.pid).unwrap_or_default())
     }
@@ -151,10 +224,10 @@ impl Agent {
     }
 
     /// Applies OCI `resources` to container `id`.
-    pub fn update(&self, id: &str, resources: &Value) -> Result<()> {
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         let mut req = UpdateContainerRequest::new();
         req.container_id = id.to_owned();
-        req.resources_json = serde_json::to_vec(resources)?;
+        req.resources_json = json_of("update", id, resources)?;
         self.call("update", id, |a, c| a.update_container(c, &req))
             .map(drop)
     }
@@ -162,16 +235,20 @@ impl Agent {
     /// Container `id`'s statistics, in runc's `events --stats` form.
     pub fn stats(&self, id: &str) -> Result<Value> {
         let resp = self.call("stats", id, |a, c| a.stats_container(c, &container_req(id)))?;
-        serde_json::from_slice(&resp.stats_json)
-            .with_context(|| format!("container {id}: stats: the agent's answer is not JSON"))
+        serde_json::from_slice(&resp.stats_json).map_err(|_| AgentError::Unreadable {
+            request: "stats",
+            id: id.to_owned(),
+            why: "the agent's answer is not JSON".to_owned(),
+        })
     }
 
     pub fn state(&self, id: &str) -> Result<ContainerState> {
         let resp = self.call("state", id, |a, c| a.state_container(c, &container_req(id)))?;
-        let status = resp
-            .status
-            .parse()
-            .map_err(|e| anyhow::anyhow!("container {id}: state: the agent says {e}"))?;
+        let status = resp.status.parse().map_err(|e| AgentError::Unreadable {
+            request: "state",
+            id: id.to_owned(),
+            why: format!("the agent says {e}"),
+        })?;
         Ok(ContainerState {
             status,
             pid: resp.pid,
@@ -207,7 +284,7 @@ impl Agent {
             .client
             .agent
             .wait_process(ttrpc::context::Context::default(), &req)
-            .map_err(|e| rpc_error("wait", id, e))?;
+            .map_err(|e| AgentError::of_rpc("wait", id, e))?;
         Ok(ProcessExit {
             status: resp.exit_status,
             oom_killed: resp.oom_killed,
@@ -221,7 +298,10 @@ impl Agent {
         self.client
             .agent
             .destroy_sandbox(ctx, &DestroySandboxRequest::new())
-            .context("DestroySandbox")?;
+            .map_err(|cause| AgentError::Sandbox {
+                request: "DestroySandbox",
+                cause,
+            })?;
         Ok(())
     }
 
@@ -229,7 +309,10 @@ impl Agent {
         self.client
             .agent
             .setup_pod_network(ctx(), req)
-            .context("set up the pod's network")?;
+            .map_err(|cause| AgentError::Sandbox {
+                request: "set up the pod's network",
+                cause,
+            })?;
         Ok(())
     }
 

@@ -80,11 +80,13 @@ fn virtiofsd_socket(dir: &Path) -> PathBuf {
 
 /// The host cgroup of the sandbox of container `id`: its cgroupsPath, as
 /// runc would make it for the container, else one of kata-rs's own.
-pub fn host_cgroups_path(spec: &serde_json::Value, id: &str) -> String {
-    spec["linux"]["cgroupsPath"]
-        .as_str()
+pub fn host_cgroups_path(spec: &oci_spec::runtime::Spec, id: &str) -> String {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty())
-        .map_or_else(|| format!("/kata-rs/{id}"), str::to_owned)
+        .unwrap_or_else(|| format!("/kata-rs/{id}"))
 }
 
 /// What a sandbox's VM is attached to.

@@ -7,16 +7,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use kata_rs_protocol::GUEST_SHARE_DIR;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use serde_json::Value;
+use oci_spec::runtime::{Mount, Spec};
 
 const ROOTFS: &str = "rootfs";
 const MOUNTS: &str = "mounts";
 
-pub(crate) fn is_bind(m: &Value) -> bool {
-    m["type"] == "bind"
-        || m["options"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+fn has_option(m: &Mount, option: &str) -> bool {
+    m.options().iter().flatten().any(|o| o == option)
+}
+
+pub(crate) fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind") || has_option(m, "bind") || has_option(m, "rbind")
 }
 
 fn bind(source: &Path, target: &Path, recursive: bool) -> Result<()> {
@@ -48,7 +49,7 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> Result<()> {
 /// and bind sources under the guest's share, no hooks (the host runs them),
 /// no host namespace paths, LSM labels or cgroup path. One share root can
 /// serve several containers of a VM, each in its own directory.
-pub fn prepare(id: &str, bundle: &Path, spec: &Value, share_root: &Path) -> Result<Value> {
+pub fn prepare(id: &str, bundle: &Path, spec: &Spec, share_root: &Path) -> Result<Spec> {
     std::fs::create_dir_all(share_root)
         .with_context(|| format!("create {}", share_root.display()))?;
     let share = &share_root.join(id);
@@ -56,25 +57,29 @@ pub fn prepare(id: &str, bundle: &Path, spec: &Value, share_root: &Path) -> Resu
     let mut guest = spec.clone();
     let guest_share = Path::new(GUEST_SHARE_DIR).join(id);
 
-    let root = spec["root"]["path"]
-        .as_str()
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path())
+        .filter(|p| !p.as_os_str().is_empty())
         .context("config.json has no root.path")?;
     let rootfs = bundle.join(root);
     let target = share.join(ROOTFS);
     std::fs::create_dir(&target)?;
     bind(&rootfs, &target, true)?;
-    guest["root"]["path"] = guest_share.join(ROOTFS).to_string_lossy().into();
+    if let Some(root) = guest.root_mut() {
+        root.set_path(guest_share.join(ROOTFS));
+    }
 
-    if let Some(mounts) = guest["mounts"].as_array_mut() {
+    if let Some(mounts) = guest.mounts_mut() {
         let dir = share.join(MOUNTS);
         for (i, m) in mounts.iter_mut().enumerate().filter(|(_, m)| is_bind(m)) {
-            let source = m["source"].as_str().unwrap_or_default();
-            let source = bundle.join(source);
+            let source = bundle.join(m.source().clone().unwrap_or_default());
             let meta = std::fs::metadata(&source).with_context(|| {
                 format!(
-                    "bind mount source {} of {}",
+                    "bind mount source {} of {:?}",
                     source.display(),
-                    m["destination"]
+                    m.destination()
                 )
             })?;
             std::fs::create_dir_all(&dir)?;
@@ -84,34 +89,21 @@ pub fn prepare(id: &str, bundle: &Path, spec: &Value, share_root: &Path) -> Resu
             } else {
                 std::fs::File::create(&target)?;
             }
-            let recursive = m["options"]
-                .as_array()
-                .is_some_and(|o| o.iter().any(|x| x == "rbind"));
-            bind(&source, &target, recursive)?;
-            m["source"] = guest_share
-                .join(MOUNTS)
-                .join(i.to_string())
-                .to_string_lossy()
-                .into();
+            bind(&source, &target, has_option(m, "rbind"))?;
+            m.set_source(Some(guest_share.join(MOUNTS).join(i.to_string())));
         }
     }
 
-    if let Some(obj) = guest.as_object_mut() {
-        obj.remove("hooks");
+    guest.set_hooks(None);
+    if let Some(process) = guest.process_mut() {
+        process.set_apparmor_profile(None);
+        process.set_selinux_label(None);
     }
-    if let Some(process) = guest["process"].as_object_mut() {
-        process.remove("apparmorProfile");
-        process.remove("selinuxLabel");
-    }
-    if let Some(linux) = guest["linux"].as_object_mut() {
-        linux.remove("mountLabel");
-        linux.insert("cgroupsPath".into(), format!("/kata-rs/{id}").into());
-        if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-            for ns in namespaces {
-                if let Some(ns) = ns.as_object_mut() {
-                    ns.remove("path");
-                }
-            }
+    if let Some(linux) = guest.linux_mut() {
+        linux.set_mount_label(None);
+        linux.set_cgroups_path(Some(format!("/kata-rs/{id}").into()));
+        for ns in linux.namespaces_mut().iter_mut().flatten() {
+            ns.set_path(None);
         }
     }
     Ok(guest)
@@ -168,12 +160,15 @@ pub fn teardown_all(share_root: &Path) {
 
 /// Hooks that run inside the container's namespaces cannot run on the host
 /// for a container in a VM.
-pub fn refuse_guest_hooks(spec: &Value) -> Result<()> {
-    for hook in ["createContainer", "startContainer"] {
-        if spec["hooks"][hook]
-            .as_array()
-            .is_some_and(|h| !h.is_empty())
-        {
+pub fn refuse_guest_hooks(spec: &Spec) -> Result<()> {
+    let Some(hooks) = spec.hooks() else {
+        return Ok(());
+    };
+    for (hook, listed) in [
+        ("createContainer", hooks.create_container()),
+        ("startContainer", hooks.start_container()),
+    ] {
+        if listed.as_ref().is_some_and(|h| !h.is_empty()) {
             bail!(
                 "{hook} hooks run in the container's namespaces, which are inside the VM; \
                  VM isolation does not run them (namespace isolation does)"
@@ -186,6 +181,7 @@ pub fn refuse_guest_hooks(spec: &Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::spec_of;
     use serde_json::json;
 
     #[test]
@@ -195,7 +191,7 @@ mod tests {
         std::fs::create_dir(bundle.path().join("data")).unwrap();
         let sandbox = tempfile::tempdir().unwrap();
         let share = sandbox.path().join("share");
-        let spec = json!({
+        let spec = spec_of(json!({
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs"},
             "mounts": [
@@ -203,11 +199,12 @@ mod tests {
                 {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]},
             ],
             "hooks": {"poststop": [{"path": "/bin/true"}]},
-            "process": {"apparmorProfile": "x"},
+            "process": {"apparmorProfile": "x", "user": {"uid": 0, "gid": 0}, "cwd": "/"},
             "linux": {"cgroupsPath": "/host/path",
                       "namespaces": [{"type": "network", "path": "/run/netns/x"}]},
-        });
-        let guest = prepare("c1", bundle.path(), &spec, &share).unwrap();
+        }));
+        let guest =
+            serde_json::to_value(prepare("c1", bundle.path(), &spec, &share).unwrap()).unwrap();
         assert_eq!(
             guest["root"]["path"],
             format!("{GUEST_SHARE_DIR}/c1/rootfs")
@@ -238,8 +235,8 @@ mod tests {
         std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
         let sandbox = tempfile::tempdir().unwrap();
         let share = sandbox.path().join("share");
-        let spec = json!({"root": {"path": "rootfs"},
-            "mounts": [{"destination": "/d", "type": "bind", "source": "/nonexistent-src"}]});
+        let spec = spec_of(json!({"root": {"path": "rootfs"},
+            "mounts": [{"destination": "/d", "type": "bind", "source": "/nonexistent-src"}]}));
         let err = prepare("c1", bundle.path(), &spec, &share).unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent-src"), "{err:#}");
         teardown(&share, "c1").unwrap();
@@ -248,8 +245,8 @@ mod tests {
 
     #[test]
     fn guest_side_hooks_are_refused() {
-        let spec = json!({"hooks": {"createContainer": [{"path": "/bin/true"}]}});
+        let spec = spec_of(json!({"hooks": {"createContainer": [{"path": "/bin/true"}]}}));
         assert!(refuse_guest_hooks(&spec).is_err());
-        assert!(refuse_guest_hooks(&json!({"hooks": {"poststart": []}})).is_ok());
+        assert!(refuse_guest_hooks(&spec_of(json!({"hooks": {"poststart": []}}))).is_ok());
     }
 }

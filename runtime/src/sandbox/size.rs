@@ -1,8 +1,9 @@
 //! How large a sandbox's VM is: the configured size, plus what its first
 //! container asks for.
 
-use serde_json::Value;
+use oci_spec::runtime::Spec;
 
+use crate::bundle::annotation;
 use crate::config::Hypervisor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +22,7 @@ impl Size {
 
     /// A container's VM: the configured size plus the container's memory
     /// limit, so that a limit larger than the default still fits.
-    pub fn of_container(hv: &Hypervisor, spec: &Value) -> Self {
+    pub fn of_container(hv: &Hypervisor, spec: &Spec) -> Self {
         let mut size = Self::configured(hv);
         if let Some(limit) = memory_limit(spec) {
             size.memory_mib += limit.div_ceil(1 << 20);
@@ -33,13 +34,9 @@ impl Size {
     /// plus the pod's resources as CRI annotates them: the pod's memory,
     /// and as many more vCPUs as its CPU quota spans whole periods
     /// (rounded up).
-    pub fn of_pod(hv: &Hypervisor, spec: &Value) -> Self {
+    pub fn of_pod(hv: &Hypervisor, spec: &Spec) -> Self {
         let mut size = Self::of_container(hv, spec);
-        let annotation = |key: &str| -> Option<u64> {
-            spec["annotations"][key]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-        };
+        let annotation = |key: &str| -> Option<u64> { annotation(spec, key)?.parse().ok() };
         if let Some(bytes) = annotation("io.kubernetes.cri.sandbox-memory") {
             size.memory_mib += bytes.div_ceil(1 << 20);
         }
@@ -56,16 +53,22 @@ impl Size {
 }
 
 /// The memory limit of the container of `spec`, when it has one.
-pub fn memory_limit(spec: &Value) -> Option<u64> {
-    spec["linux"]["resources"]["memory"]["limit"]
-        .as_i64()
-        .filter(|&l| l > 0)
-        .map(|l| l as u64)
+pub fn memory_limit(spec: &Spec) -> Option<u64> {
+    let limit = spec
+        .linux()
+        .as_ref()?
+        .resources()
+        .as_ref()?
+        .memory()
+        .as_ref()?
+        .limit()?;
+    u64::try_from(limit).ok().filter(|&l| l > 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::spec_of;
     use serde_json::json;
 
     fn hv() -> Hypervisor {
@@ -78,9 +81,9 @@ mod tests {
 
     #[test]
     fn a_containers_memory_limit_adds_to_the_configured_size() {
-        let limited = json!({"linux": {"resources": {"memory": {"limit": 100 << 20}}}});
+        let limited = spec_of(json!({"linux": {"resources": {"memory": {"limit": 100 << 20}}}}));
         assert_eq!(Size::of_container(&hv(), &limited).memory_mib, 356);
-        let unlimited = json!({"linux": {"resources": {"memory": {"limit": -1}}}});
+        let unlimited = spec_of(json!({"linux": {"resources": {"memory": {"limit": -1}}}}));
         assert_eq!(Size::of_container(&hv(), &unlimited).memory_mib, 256);
     }
 
@@ -88,18 +91,20 @@ mod tests {
     fn the_pod_annotations_add_to_the_configured_size() {
         let sized = Size::of_pod(
             &hv(),
-            &json!({"annotations": {
+            &spec_of(json!({"annotations": {
                 "io.kubernetes.cri.sandbox-memory": "134217728",
                 "io.kubernetes.cri.sandbox-cpu-quota": "150000",
                 "io.kubernetes.cri.sandbox-cpu-period": "100000",
-            }}),
+            }})),
         );
         assert_eq!((sized.vcpus, sized.memory_mib), (3, 384));
         // No quota ("-1" or absent) and no memory: the configured size.
         let plain = Size::of_pod(
             &hv(),
-            &json!({"annotations": {"io.kubernetes.cri.sandbox-cpu-quota": "-1",
+            &spec_of(
+                json!({"annotations": {"io.kubernetes.cri.sandbox-cpu-quota": "-1",
                                     "io.kubernetes.cri.sandbox-cpu-period": "100000"}}),
+            ),
         );
         assert_eq!((plain.vcpus, plain.memory_mib), (1, 256));
     }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use oci_spec::runtime::Spec;
 
+use super::error::TaskError;
 use super::host::HostAgent;
 use super::spec;
 use crate::config::{Config, Isolation};
@@ -51,9 +52,9 @@ pub trait Backend: Send {
         &self,
         id: &str,
         bundle: &Path,
-        spec: &Value,
+        spec: &Spec,
         sandbox: Option<&str>,
-    ) -> Result<Value>;
+    ) -> Result<Spec, TaskError>;
 
     /// What the backend tells after a request to its agent failed.
     fn post_mortem(&mut self) -> Option<String>;
@@ -73,7 +74,7 @@ pub fn start(
     config: &Config,
     dir: &Path,
     id: &str,
-    spec: &Value,
+    spec: &Spec,
     systemd: bool,
 ) -> Result<Box<dyn Backend>> {
     match isolation {
@@ -90,7 +91,7 @@ fn boot(
     config: &Config,
     dir: &Path,
     id: &str,
-    spec: &Value,
+    spec: &Spec,
     systemd: bool,
 ) -> Result<Box<dyn Backend>> {
     crate::host_cgroup::spare_caller_from_oom();
@@ -101,7 +102,7 @@ fn boot(
         systemd,
         size: Size::of_pod(&config.hypervisor, spec),
         limit_memory: false,
-        network: Network::Pod(network::pod_netns(spec).map(PathBuf::from)),
+        network: Network::Pod(network::pod_netns(spec)),
     };
     Ok(Box::new(PodVm {
         dir: dir.to_owned(),
@@ -152,16 +153,16 @@ impl Backend for PodVm {
         &self,
         id: &str,
         bundle: &Path,
-        bundle_spec: &Value,
+        bundle_spec: &Spec,
         sandbox: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<Spec, TaskError> {
         let mut guest = share::prepare(id, bundle, bundle_spec, &sandbox::share_dir(&self.dir))?;
         spec::use_pod_network(&mut guest);
         if let Some(sandbox) = sandbox {
             let pid = self
                 .agent()
                 .state(sandbox)
-                .context("the pod's sandbox container")?
+                .map_err(|e| TaskError::from(e).context("the pod's sandbox container"))?
                 .pid;
             spec::join_sandbox_namespaces(bundle_spec, &mut guest, pid);
         }
@@ -207,9 +208,9 @@ impl Backend for HostAgent {
         &self,
         _id: &str,
         bundle: &Path,
-        bundle_spec: &Value,
+        bundle_spec: &Spec,
         _sandbox: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<Spec, TaskError> {
         Ok(spec::host_spec(bundle, bundle_spec))
     }
 

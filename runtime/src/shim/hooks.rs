@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kata_rs_engine::hooks::HostHook;
-use oci_spec::runtime::Hooks;
-use serde_json::Value;
+use oci_spec::runtime::{Hooks, Spec};
 
 pub struct HostHooks {
     hooks: Hooks,
@@ -22,17 +21,12 @@ pub struct HostHooks {
 
 impl HostHooks {
     /// The hooks of the bundle's `spec`, if it has any.
-    pub fn of(bundle: &Path, spec: &Value) -> Result<Option<Self>> {
-        let Some(hooks) = spec.get("hooks").filter(|h| !h.is_null()) else {
-            return Ok(None);
-        };
-        let hooks: Hooks = serde_json::from_value(hooks.clone()).context("the spec's hooks")?;
-        let annotations = serde_json::from_value(spec["annotations"].clone()).unwrap_or_default();
-        Ok(Some(Self {
-            hooks,
+    pub fn of(bundle: &Path, spec: &Spec) -> Option<Self> {
+        Some(Self {
+            hooks: spec.hooks().clone()?,
             bundle: bundle.to_owned(),
-            annotations,
-        }))
+            annotations: spec.annotations().clone().unwrap_or_default(),
+        })
     }
 
     /// Runs the `kind` hooks of container `id`; the first failure is

@@ -14,11 +14,13 @@
 //! - [`io`]: containerd's stdio FIFOs relayed to the agent's streams;
 //! - [`options`]: the configuration file named by containerd's options;
 //! - [`service`]: the task API over a pod, and its events;
+//! - [`error`]: the shim's errors, and the ttrpc code of each;
 //! - [`socket`]: the shim's socket, removed whatever order containerd
 //!   cleans up in;
 //! - [`stats`]: the agent's statistics as containerd's cgroup metrics.
 
 pub mod backend;
+pub mod error;
 pub mod hooks;
 pub mod host;
 pub mod io;
@@ -57,13 +59,10 @@ const SANDBOX_ID_ANNOTATIONS: [&str; 2] = [
 /// The pod a bundle's container belongs to: its sandbox's id, or its own
 /// id for a container outside any pod.
 pub fn pod_id(bundle: &Path, id: &str) -> String {
-    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let spec = crate::bundle::read_spec(bundle).ok();
     SANDBOX_ID_ANNOTATIONS
         .iter()
-        .find_map(|a| spec["annotations"][*a].as_str())
+        .find_map(|a| crate::bundle::annotation(spec.as_ref()?, a))
         .unwrap_or(id)
         .to_owned()
 }

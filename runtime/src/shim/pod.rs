@@ -8,20 +8,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context};
 use kata_rs_engine::hooks::HostHook;
+use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 use serde_json::Value;
 
 use super::backend::{self, Backend};
+use super::error::TaskError;
 use super::hooks::HostHooks;
 use super::io::{self, Fifos};
 use super::process::{Exited, Process};
 use super::rootfs::{mount_rootfs, unmount, RootfsMount};
 use crate::config::{Config, Isolation};
-use crate::error::{kind_of, Kind};
 use crate::sandbox::agent::{Agent, LOST_STATUS};
 use crate::sandbox::stdio::{self, Streams, DRAIN_BOUND};
 use crate::sandbox::{self, share};
+
+type Result<T, E = TaskError> = std::result::Result<T, E>;
 
 pub struct Container {
     pub bundle: PathBuf,
@@ -72,7 +75,7 @@ impl Pod {
     /// Uses the configuration file at `path` for the pod, unless its
     /// backend already runs (with the configuration of its first
     /// container).
-    pub fn use_config(&mut self, path: &Path) -> Result<()> {
+    pub fn use_config(&mut self, path: &Path) -> anyhow::Result<()> {
         if self.backend.is_none() {
             self.config = Config::load(Some(path))?.0;
         }
@@ -106,7 +109,7 @@ impl Pod {
     fn backend(&self) -> Result<&dyn Backend> {
         self.backend
             .as_deref()
-            .ok_or_else(|| anyhow!("the pod's VM or host agent is not running"))
+            .ok_or_else(|| anyhow!("the pod's VM or host agent is not running").into())
     }
 
     fn agent(&self) -> Result<&Agent> {
@@ -124,43 +127,48 @@ impl Pod {
         rootfs: &[RootfsMount],
         fifos: Fifos,
     ) -> Result<()> {
-        kata_rs_engine::validate_id(id).map_err(|e| Kind::InvalidArgument.err(e.to_string()))?;
+        kata_rs_engine::validate_id(id).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         if self.containers.contains_key(id) {
-            return Err(Kind::AlreadyExists.err(format!("container {id} already exists")));
+            return Err(TaskError::ContainerExists(id.to_owned()));
         }
-        let spec: Value = serde_json::from_slice(
-            &std::fs::read(bundle.join("config.json"))
-                .with_context(|| format!("read {}/config.json", bundle.display()))?,
-        )
-        .with_context(|| format!("{}/config.json is not valid JSON", bundle.display()))?;
+        let spec = crate::bundle::read_spec(bundle)?;
         // A pod's later containers take its isolation; one that asks for
         // another by annotation is refused.
         let asked = Isolation::annotated(&spec)?;
         let running = self.backend.as_ref().map(|b| b.isolation());
         let isolation = match (running, asked) {
-            (Some(running), Some(asked)) if running != asked => bail!(
-                "container {id}: its pod runs in {running} isolation, not {asked}: \
-                 the containers of one pod share one"
-            ),
+            (Some(running), Some(asked)) if running != asked => {
+                return Err(anyhow!(
+                    "container {id}: its pod runs in {running} isolation, not {asked}: \
+                     the containers of one pod share one"
+                )
+                .into())
+            }
             (Some(running), _) => running,
             (None, asked) => asked.unwrap_or(self.config.runtime.isolation),
         };
         let systemd = crate::cgroup_driver::systemd(false, &self.config)
-            .with_context(|| format!("container {id}"))?;
-        if let Some(path) = spec["linux"]["cgroupsPath"].as_str() {
+            .map_err(|e| TaskError::from(e).context(format!("container {id}")))?;
+        if let Some(path) = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+        {
+            let path = path.to_string_lossy();
             if !systemd && isolation == Isolation::Namespace && path.split(':').count() == 3 {
                 tracing::info!(
                     container_id = id,
-                    path,
+                    path = %path,
                     "a systemd-style cgroupsPath, taken as a cgroupfs path as runc does \
                      (runtime.systemd_cgroup is false)"
                 );
             }
         }
         let hooks = match isolation {
-            Isolation::Vm => share::refuse_guest_hooks(&spec)
-                .and_then(|()| HostHooks::of(bundle, &spec))
-                .with_context(|| format!("container {id}"))?,
+            Isolation::Vm => {
+                share::refuse_guest_hooks(&spec).with_context(|| format!("container {id}"))?;
+                HostHooks::of(bundle, &spec)
+            }
             Isolation::Namespace => None,
         };
         let rootfs_mount = mount_rootfs(bundle, &spec, rootfs)?;
@@ -201,7 +209,7 @@ impl Pod {
         &mut self,
         id: &str,
         bundle: &Path,
-        spec: &Value,
+        spec: &Spec,
         fifos: Fifos,
         isolation: Isolation,
         systemd: bool,
@@ -223,18 +231,20 @@ impl Pod {
         let agent_spec = backend.agent_spec(id, bundle, spec, sandbox.as_deref())?;
         let streams = Streams::connect(&backend.stdio(), id, "", fifos.terminal)?;
         let relays = io::relay(streams, &fifos)?;
-        if let Err(err) = backend.agent().create(id, &agent_spec) {
+        if let Err(inner) = backend.agent().create(id, &agent_spec) {
             let why = self.backend.as_mut().and_then(|b| b.post_mortem());
-            return Err(match (why, kind_of(&err)) {
-                (None, _) => err,
-                (Some(why), Some(kind)) => kind.err(format!("{err:#}; {why}")),
-                (Some(why), None) => anyhow!("{err:#}; {why}"),
+            return Err(match why {
+                None => inner.into(),
+                Some(post_mortem) => TaskError::PostMortem {
+                    inner: Box::new(inner),
+                    post_mortem,
+                },
             });
         }
         let agent = self.agent()?;
-        let pid = agent.state(id).and_then(|s| {
+        let pid = agent.state(id).map_err(TaskError::from).and_then(|s| {
             u32::try_from(s.pid)
-                .map_err(|_| anyhow!("container {id}: the agent gave pid {}", s.pid))
+                .map_err(|_| anyhow!("container {id}: the agent gave pid {}", s.pid).into())
         });
         let pid = match pid {
             Ok(pid) => pid,
@@ -264,7 +274,7 @@ impl Pod {
             }
             hooks.run_logged(id, HostHook::Poststop, vmm);
         }
-        ran
+        Ok(ran?)
     }
 
     /// The pod's sandbox container: the one the pod (and its directory) is
@@ -279,18 +289,18 @@ impl Pod {
         &mut self,
         id: &str,
         exec_id: &str,
-        process: Value,
+        process: OciProcess,
         fifos: Fifos,
     ) -> Result<()> {
         let c = self.container_mut(id)?;
         if !c.init.status(c.paused).can_exec() {
-            return Err(Kind::FailedPrecondition
-                .err(format!("container {id} is not running: cannot exec in it")));
+            return Err(TaskError::NotRunning(id.to_owned()));
         }
         if c.execs.contains_key(exec_id) {
-            return Err(Kind::AlreadyExists.err(format!(
-                "process {exec_id} already exists in container {id}"
-            )));
+            return Err(TaskError::ProcessExists {
+                id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+            });
         }
         c.execs
             .insert(exec_id.to_owned(), Process::new(fifos, Some(process)));
@@ -313,23 +323,24 @@ impl Pod {
         let c = self.container_mut(id)?;
         let p = c.process_mut(exec_id)?;
         if p.started {
-            return Err(Kind::FailedPrecondition.err(format!(
-                "process {} of container {id} was already started",
-                name(exec_id)
-            )));
+            return Err(TaskError::Started {
+                id: id.to_owned(),
+                process: name(exec_id).to_owned(),
+            });
         }
         if exec_id.is_empty() {
             agent.start(id)?;
         } else {
             let streams = Streams::connect(&stdio, id, exec_id, p.fifos.terminal)?;
             p.relays = Some(io::relay(streams, &p.fifos)?);
-            match agent.exec(id, exec_id, &p.exec_spec.take().unwrap_or_default()) {
+            let process = p.exec_spec.as_ref().ok_or_else(|| no_process(exec_id))?;
+            match agent.exec(id, exec_id, process) {
                 Ok(pid) => p.pid = pid,
                 Err(e) => {
                     if let Some(r) = p.relays.take() {
                         r.close_stdin();
                     }
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
@@ -379,12 +390,12 @@ impl Pod {
         // container's processes: CRI's exit handling sends one, and must not
         // fail when the VM or host agent that ran them is gone.
         if p.exit.get().is_some() {
-            return Err(Kind::NotFound.err(format!(
-                "process {} of container {id} already finished",
-                name(exec_id)
-            )));
+            return Err(TaskError::Finished {
+                id: id.to_owned(),
+                process: name(exec_id).to_owned(),
+            });
         }
-        self.agent()?.signal(id, exec_id, signal, all)
+        Ok(self.agent()?.signal(id, exec_id, signal, all)?)
     }
 
     pub fn set_paused(&mut self, id: &str, paused: bool) -> Result<()> {
@@ -400,22 +411,22 @@ impl Pod {
 
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         self.container(id)?;
-        self.agent()?.pids(id)
+        Ok(self.agent()?.pids(id)?)
     }
 
-    pub fn update(&self, id: &str, resources: &Value) -> Result<()> {
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         self.container(id)?;
-        self.agent()?.update(id, resources)
+        Ok(self.agent()?.update(id, resources)?)
     }
 
     pub fn stats(&self, id: &str) -> Result<Value> {
         self.container(id)?;
-        self.agent()?.stats(id)
+        Ok(self.agent()?.stats(id)?)
     }
 
     pub fn resize(&self, id: &str, exec_id: &str, columns: u32, rows: u32) -> Result<()> {
         self.container(id)?.process(exec_id)?;
-        self.agent()?.resize(id, exec_id, columns, rows)
+        Ok(self.agent()?.resize(id, exec_id, columns, rows)?)
     }
 
     pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
@@ -435,8 +446,10 @@ impl Pod {
         }
         let status = c.init.status(c.paused);
         if !status.can_delete() {
-            return Err(Kind::FailedPrecondition
-                .err(format!("container {id} is {status}: cannot delete it")));
+            return Err(TaskError::NotDeletable {
+                id: id.to_owned(),
+                status,
+            });
         }
         let exited = c.init.exit.get();
         let vmm = self.task_pid(id, "");
@@ -497,12 +510,12 @@ pub fn clean_up_after(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn no_process(exec_id: &str) -> anyhow::Error {
-    Kind::NotFound.err(format!("process {exec_id} does not exist"))
+fn no_process(exec_id: &str) -> TaskError {
+    TaskError::NoProcess(exec_id.to_owned())
 }
 
-fn no_container(id: &str) -> anyhow::Error {
-    Kind::NotFound.err(format!("container {id} does not exist"))
+fn no_container(id: &str) -> TaskError {
+    TaskError::NoContainer(id.to_owned())
 }
 
 fn name(exec_id: &str) -> &str {

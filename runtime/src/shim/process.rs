@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
 use kata_rs_engine::ContainerStatus;
-use serde_json::Value;
+use oci_spec::runtime::Process as OciProcess;
 
 use super::io::{Fifos, Relays};
 
@@ -62,7 +62,7 @@ impl ExitCell {
 pub struct Process {
     pub fifos: Fifos,
     /// The OCI process of an exec, until it starts.
-    pub exec_spec: Option<Value>,
+    pub exec_spec: Option<OciProcess>,
     pub relays: Option<Relays>,
     pub exit: Arc<ExitCell>,
     pub started: bool,
@@ -71,7 +71,7 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn new(fifos: Fifos, exec_spec: Option<Value>) -> Self {
+    pub fn new(fifos: Fifos, exec_spec: Option<OciProcess>) -> Self {
         Self {
             fifos,
             exec_spec,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use oci_spec::runtime::Spec;
 
 /// One of containerd's rootfs mounts.
 #[derive(Debug, Clone)]
@@ -16,15 +16,14 @@ pub struct RootfsMount {
 
 /// Mounts containerd's rootfs mounts (an overlay of the image's layers,
 /// usually) on the bundle's root path, as containerd's runc shim does.
-pub fn mount_rootfs(
-    bundle: &Path,
-    spec: &Value,
-    mounts: &[RootfsMount],
-) -> Result<Option<PathBuf>> {
+pub fn mount_rootfs(bundle: &Path, spec: &Spec, mounts: &[RootfsMount]) -> Result<Option<PathBuf>> {
     if mounts.is_empty() {
         return Ok(None);
     }
-    let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
+    let root = spec
+        .root()
+        .as_ref()
+        .map_or(Path::new("rootfs"), |r| r.path());
     let target = bundle.join(root);
     std::fs::create_dir_all(&target).with_context(|| format!("create {}", target.display()))?;
     for m in mounts {

@@ -24,14 +24,15 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 
+use super::error::TaskError;
 use super::io::Fifos;
 use super::pod::Pod;
 use super::process::Exited;
 use super::rootfs::RootfsMount;
 use super::socket::ShimSocket;
 use super::stats;
-use crate::error::{kind_of, Kind};
 use kata_rs_engine::ContainerStatus;
+use oci_spec::runtime::LinuxResources;
 
 /// The task service of one shim: one pod.
 pub struct Service {
@@ -72,18 +73,9 @@ pub(crate) fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(ts)
 }
 
-/// An error as containerd shows it: the whole chain as the message, and
-/// the gRPC code of its kind, by which containerd tells "not found" (for
-/// it: already gone) from a failure.
-fn to_ttrpc(e: anyhow::Error) -> ttrpc::Error {
-    let code = match kind_of(&e) {
-        Some(Kind::NotFound) => ttrpc::Code::NOT_FOUND,
-        Some(Kind::AlreadyExists) => ttrpc::Code::ALREADY_EXISTS,
-        Some(Kind::FailedPrecondition) => ttrpc::Code::FAILED_PRECONDITION,
-        Some(Kind::InvalidArgument) => ttrpc::Code::INVALID_ARGUMENT,
-        None => ttrpc::Code::UNKNOWN,
-    };
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, format!("{e:#}")))
+/// An error as containerd gets it (see `error`).
+fn to_ttrpc(e: impl Into<TaskError>) -> ttrpc::Error {
+    e.into().into()
 }
 
 impl Service {
@@ -267,17 +259,21 @@ impl Task for Service {
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
         tracing::info!(id = %req.id, exec_id = %req.exec_id, "exec");
-        let process: serde_json::Value = req
+        let process = req
             .spec
             .as_ref()
             .map(|any| serde_json::from_slice(&any.value))
             .transpose()
             .map_err(|e| {
-                to_ttrpc(
-                    Kind::InvalidArgument.err(format!("the exec's process is not valid JSON: {e}")),
-                )
+                to_ttrpc(TaskError::InvalidArgument(format!(
+                    "the exec's process is not a valid OCI process: {e}"
+                )))
             })?
-            .ok_or_else(|| to_ttrpc(Kind::InvalidArgument.err("the exec carries no process")))?;
+            .ok_or_else(|| {
+                to_ttrpc(TaskError::InvalidArgument(
+                    "the exec carries no process".to_owned(),
+                ))
+            })?;
         let fifos = Fifos {
             stdin: req.stdin,
             stdout: req.stdout,
@@ -408,15 +404,15 @@ impl Task for Service {
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
         // containerd sends the resources as runc takes them: OCI
         // LinuxResources in JSON.
-        let resources: serde_json::Value = req
+        let resources: LinuxResources = req
             .resources
             .as_ref()
             .map(|any| serde_json::from_slice(&any.value))
             .transpose()
             .map_err(|e| {
-                to_ttrpc(
-                    Kind::InvalidArgument.err(format!("the resources are not valid JSON: {e}")),
-                )
+                to_ttrpc(TaskError::InvalidArgument(format!(
+                    "the resources are not valid OCI resources: {e}"
+                )))
             })?
             .unwrap_or_default();
         self.pod().update(&req.id, &resources).map_err(to_ttrpc)?;

@@ -10,7 +10,6 @@
 pub mod monitor;
 pub mod state;
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -22,12 +21,12 @@ use anyhow::{bail, Context, Result};
 use kata_rs_engine::hooks::HostHook;
 use kata_rs_engine::lock::IdLock;
 use kata_rs_engine::{ContainerStatus, OciState};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde_json::Value;
 
 use super::cli::{CreateArgs, ExecArgs};
 use super::console::{self, OwnConsole};
 use crate::config::Config;
-use crate::error::kind_of;
 use crate::sandbox::agent::Agent;
 use crate::sandbox::process::ProcRef;
 use crate::sandbox::record::Record;
@@ -96,7 +95,7 @@ impl Vm {
                 sandbox::vmm::vmm_last_words(&self.dir())
             );
         }
-        Agent::connect(&self.uds())
+        Ok(Agent::connect(&self.uds())?)
     }
 
     /// The status the OCI spec means: stopped once the monitor (which lives
@@ -106,7 +105,7 @@ impl Vm {
         if !self.state.monitor.alive() || self.vm_gone().is_some() {
             return ContainerStatus::Stopped;
         }
-        match self.agent().and_then(|a| a.state(&self.state.id)) {
+        match self.agent().and_then(|a| Ok(a.state(&self.state.id)?)) {
             Ok(state) => state.status,
             Err(e) => {
                 tracing::debug!(error = %e, "the agent did not say; using the recorded status");
@@ -165,7 +164,9 @@ impl Vm {
         if status.is_stopped() {
             return Ok(());
         }
-        self.agent()?.signal(&self.state.id, "", signal as u32, all)
+        Ok(self
+            .agent()?
+            .signal(&self.state.id, "", signal as u32, all)?)
     }
 
     /// Pauses or resumes the container.
@@ -193,15 +194,15 @@ impl Vm {
     }
 
     pub fn pids(&self) -> Result<Vec<i32>> {
-        self.agent()?.pids(&self.state.id)
+        Ok(self.agent()?.pids(&self.state.id)?)
     }
 
-    pub fn update(&self, resources: &Value) -> Result<()> {
-        self.agent()?.update(&self.state.id, resources)
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        Ok(self.agent()?.update(&self.state.id, resources)?)
     }
 
     pub fn stats(&self) -> Result<Value> {
-        self.agent()?.stats(&self.state.id)
+        Ok(self.agent()?.stats(&self.state.id)?)
     }
 
     /// Stops the VM, virtiofsd and the monitor, runs the poststop hooks and
@@ -281,8 +282,11 @@ fn spawn_monitor(
     Ok((child, ours))
 }
 
-fn terminal(spec: &Value) -> bool {
-    spec["process"]["terminal"].as_bool().unwrap_or(false)
+fn terminal(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
 }
 
 /// `create --isolation=vm`; `systemd` chooses the driver of the host
@@ -291,8 +295,7 @@ pub fn create(root: &Path, config: &Config, args: &CreateArgs, systemd: bool) ->
     let id = &args.id;
     kata_rs_engine::validate_id(id)?;
     let bundle = std::path::absolute(&args.bundle)?;
-    kata_rs_engine::load_bundle_spec(id, &bundle)?;
-    let spec: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+    let spec = kata_rs_engine::load_bundle_spec(id, &bundle)?;
     share::refuse_guest_hooks(&spec).with_context(|| format!("container {id}"))?;
     let lock = IdLock::acquire(root, id)?;
     let dir = state::dir(root, id);
@@ -327,7 +330,7 @@ fn create_in(
     args: &CreateArgs,
     plan: &Plan,
     bundle: &Path,
-    spec: &Value,
+    spec: &Spec,
 ) -> Result<()> {
     let id = &args.id;
     let guest_spec = share::prepare(id, bundle, spec, &sandbox::share_dir(&plan.dir))?;
@@ -348,11 +351,7 @@ fn create_in(
         kill_monitor(&mut monitor);
         // A guest or VMM that died under the request explains itself in
         // its logs.
-        let message = format!("{e:#}; {}", sandbox.post_mortem());
-        return Err(match kind_of(&e) {
-            Some(kind) => kind.err(message),
-            None => anyhow::anyhow!(message),
-        });
+        return Err(anyhow::anyhow!("{e}; {}", sandbox.post_mortem()));
     }
     let recorded = std::io::Write::write_all(&mut &control, b"go\n")
         .context("release the monitor")
@@ -368,14 +367,7 @@ fn create_in(
                     .flatten()
                     .map(|u| u.name)
                     .unwrap_or_else(|| nix::unistd::geteuid().to_string()),
-                annotations: spec["annotations"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                            .collect::<HashMap<_, _>>()
-                    })
-                    .unwrap_or_default(),
+                annotations: spec.annotations().clone().unwrap_or_default(),
                 monitor,
             };
             st.save(root)?;
@@ -422,7 +414,7 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 
 /// `exec` in a VM container: foreground, this process relays and waits;
 /// detached, a monitor does and its pid goes to --pid-file.
-pub fn exec(vm: Vm, root: &Path, args: &ExecArgs, process: Value) -> Result<i32> {
+pub fn exec(vm: Vm, root: &Path, args: &ExecArgs, process: Process) -> Result<i32> {
     let status = vm.status();
     if !status.can_exec() {
         bail!(
@@ -431,12 +423,12 @@ pub fn exec(vm: Vm, root: &Path, args: &ExecArgs, process: Value) -> Result<i32>
         );
     }
     let exec_id = format!("exec-{}", std::process::id());
-    let tty = process["terminal"].as_bool().unwrap_or(false);
+    let tty = process.terminal().unwrap_or(false);
     console::needed(tty, args.console_socket.as_deref(), !args.detach)?;
     let uds = vm.uds();
     let id = args.id.clone();
     drop(vm);
-    let make = |agent: &Agent| -> Result<()> { agent.exec(&id, &exec_id, &process).map(drop) };
+    let make = |agent: &Agent| -> Result<()> { Ok(agent.exec(&id, &exec_id, &process).map(drop)?) };
     if args.detach {
         let (monitor, control) = spawn_monitor(
             root,
@@ -445,7 +437,9 @@ pub fn exec(vm: Vm, root: &Path, args: &ExecArgs, process: Value) -> Result<i32>
             tty,
             args.console_socket.as_deref(),
         )?;
-        let made = Agent::connect(&uds).and_then(|agent| make(&agent));
+        let made = Agent::connect(&uds)
+            .map_err(anyhow::Error::from)
+            .and_then(|agent| make(&agent));
         if let Err(e) = made {
             drop(control);
             let mut monitor = monitor;

@@ -25,13 +25,13 @@ mod tc;
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kata_rs_protocol::agent::{Interface, Neighbour, Route, SetupPodNetworkRequest};
-use serde_json::Value;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use discovery::{pod_interface, pod_neighbour, pod_route, with_onlink_gateways};
 use iproute2::{json_of, run};
@@ -94,13 +94,15 @@ impl PodNetwork {
 
 /// The network namespace CRI made for the pod: the path its sandbox
 /// container's spec names, if any.
-pub fn pod_netns(spec: &Value) -> Option<String> {
-    spec["linux"]["namespaces"]
-        .as_array()?
+pub fn pod_netns(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
         .iter()
-        .find(|ns| ns["type"] == "network")?["path"]
-        .as_str()
-        .map(str::to_owned)
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
 }
 
 /// The MTUs a virtio-net device may tell the guest (virtio 1.2, 5.1.4.1);
@@ -228,6 +230,7 @@ fn unjoin(joined: &[(String, bool)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::spec_of;
     use serde_json::json;
 
     /// What `program` (ip or tc) prints for `args` in namespace `netns`.
@@ -381,11 +384,16 @@ mod tests {
 
     #[test]
     fn the_pod_netns_comes_from_the_network_namespace_path() {
-        let spec = json!({"linux": {"namespaces": [{"type": "pid"},
-            {"type": "network", "path": "/var/run/netns/cni-1"}]}});
-        assert_eq!(pod_netns(&spec).as_deref(), Some("/var/run/netns/cni-1"));
+        let spec = spec_of(json!({"linux": {"namespaces": [{"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1"}]}}));
         assert_eq!(
-            pod_netns(&json!({"linux": {"namespaces": [{"type": "network"}]}})),
+            pod_netns(&spec).as_deref(),
+            Some(Path::new("/var/run/netns/cni-1"))
+        );
+        assert_eq!(
+            pod_netns(&spec_of(
+                json!({"linux": {"namespaces": [{"type": "network"}]}})
+            )),
             None
         );
     }
