@@ -22,12 +22,14 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{EventHandler, Worker};
+use super::chain::{last_descriptor, Buffers, Incomplete, OutsideMemory, Segment};
+use super::ring::{drain, RingNames};
+use super::worker::{stop_slot, EventHandler, Worker};
 use super::VIRTIO_F_VERSION_1;
 use super::{
     read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK,
@@ -135,20 +137,6 @@ impl Block {
     pub fn capacity(&self) -> u64 {
         self.disk.size / SECTOR_SIZE
     }
-
-    /// Stops the worker thread, if any. False if it could not be told to.
-    fn stop_worker(&mut self) -> bool {
-        let Some(worker) = self.worker.take() else {
-            return true;
-        };
-        match worker.stop() {
-            Ok(_) => true,
-            Err(worker) => {
-                self.worker = Some(worker);
-                false
-            }
-        }
-    }
 }
 
 /// The serial number the guest reads with GET_ID (/sys/block/vdX/serial):
@@ -228,17 +216,23 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        self.stop_worker()
+        stop_slot(&mut self.worker)
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
-        self.stop_worker();
+        stop_slot(&mut self.worker);
     }
 }
 
 const TOKEN_QUEUE: u64 = 0;
+/// What the queue's messages call it.
+const NAMES: RingNames = RingNames {
+    device: "virtio-blk",
+    queue: "virtio-blk",
+    chain: "virtio-blk chain to the guest",
+};
 
 /// The backing file and what the guest may do with it.
 struct Disk {
@@ -303,39 +297,42 @@ impl Disk {
     /// Runs a parsed request; returns the data bytes written to the guest.
     fn execute(&mut self, mem: &GuestMemory, req: &Request) -> Result<usize, RequestError> {
         let mut header = [0u8; HEADER_LEN];
-        let got = gather(mem, &req.readable, &mut header)?;
+        let got = req
+            .readable
+            .read_at(mem, 0, &mut header)
+            .map_err(RequestError::Transfer)?;
         if got < HEADER_LEN {
             return Err(RequestError::ShortHeader(got));
         }
         let kind = u32::from_le_bytes(header[0..4].try_into().expect("4-byte slice"));
         let sector = u64::from_le_bytes(header[8..16].try_into().expect("8-byte slice"));
-        let out_data = skip(&req.readable, HEADER_LEN);
+        // What a write carries follows the header.
+        let out_len = req.readable.len() - HEADER_LEN;
         match kind {
             VIRTIO_BLK_T_IN => {
-                let len = total_len(&req.writable);
-                if len == 0 || !out_data.is_empty() {
+                let len = req.writable.len();
+                if len == 0 || out_len != 0 {
                     return Err(RequestError::WrongDirection("read"));
                 }
-                self.seek(sector, len)?;
-                for s in &req.writable {
-                    mem.read_exact_volatile_from(s.addr, &mut self.file, s.len)
-                        .map_err(RequestError::Transfer)?;
-                }
-                Ok(len as usize)
+                self.seek(sector, len as u64)?;
+                req.writable.for_range(0, len, |addr, r| {
+                    mem.read_exact_volatile_from(addr, &mut self.file, r.len())
+                        .map_err(RequestError::Transfer)
+                })?;
+                Ok(len)
             }
             VIRTIO_BLK_T_OUT => {
-                let len = total_len(&out_data);
-                if len == 0 || !req.writable.is_empty() {
+                if out_len == 0 || !req.writable.is_empty() {
                     return Err(RequestError::WrongDirection("write"));
                 }
                 if self.read_only {
                     return Err(RequestError::ReadOnly);
                 }
-                self.seek(sector, len)?;
-                for s in &out_data {
-                    mem.write_all_volatile_to(s.addr, &mut self.file, s.len)
-                        .map_err(RequestError::Transfer)?;
-                }
+                self.seek(sector, out_len as u64)?;
+                req.readable.for_range(HEADER_LEN, out_len, |addr, r| {
+                    mem.write_all_volatile_to(addr, &mut self.file, r.len())
+                        .map_err(RequestError::Transfer)
+                })?;
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
@@ -346,7 +343,9 @@ impl Disk {
                 if req.writable.is_empty() {
                     return Err(RequestError::WrongDirection("get-id"));
                 }
-                scatter(mem, &req.writable, &self.id)
+                req.writable
+                    .write_at(mem, 0, &self.id)
+                    .map_err(RequestError::Transfer)
             }
             other => Err(RequestError::Unsupported(other)),
         }
@@ -405,12 +404,24 @@ enum ChainError {
     NoStatus,
 }
 
+impl From<Incomplete> for ChainError {
+    fn from(e: Incomplete) -> Self {
+        match e {
+            Incomplete::Empty => ChainError::Empty,
+            Incomplete::CutShort => ChainError::Truncated,
+        }
+    }
+}
+
+impl From<OutsideMemory> for RequestError {
+    fn from(OutsideMemory { addr, len }: OutsideMemory) -> Self {
+        RequestError::OutsideMemory { addr, len }
+    }
+}
+
 /// The status byte is the last byte of the last descriptor (5.2.6).
 fn status_byte(mem: &GuestMemory, descs: &[Descriptor]) -> Result<GuestAddress, ChainError> {
-    let last = descs.last().ok_or(ChainError::Empty)?;
-    if last.has_next() {
-        return Err(ChainError::Truncated);
-    }
+    let last = last_descriptor(descs)?;
     if !last.is_write_only() || last.len() == 0 {
         return Err(ChainError::NoStatus);
     }
@@ -420,25 +431,18 @@ fn status_byte(mem: &GuestMemory, descs: &[Descriptor]) -> Result<GuestAddress, 
         .ok_or(ChainError::NoStatus)
 }
 
-/// A guest buffer already checked to lie inside guest memory.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    addr: GuestAddress,
-    len: usize,
-}
-
 /// A chain split by direction: what the device reads (header, then data
 /// for a write) and what it writes (data for a read), the status byte
 /// excluded.
 struct Request {
-    readable: Vec<Segment>,
-    writable: Vec<Segment>,
+    readable: Buffers,
+    writable: Buffers,
 }
 
 impl Request {
     fn parse(mem: &GuestMemory, descs: &[Descriptor]) -> Result<Request, RequestError> {
-        let mut readable = Vec::new();
-        let mut writable = Vec::new();
+        let mut readable = Buffers::default();
+        let mut writable = Buffers::default();
         let last = descs.len().saturating_sub(1);
         for (i, d) in descs.iter().enumerate() {
             let mut len = d.len() as usize;
@@ -446,18 +450,8 @@ impl Request {
                 // The status byte, already checked by status_byte().
                 len -= 1;
             }
-            if len == 0 {
+            let Some(segment) = Segment::checked(mem, d.addr(), len)? else {
                 continue;
-            }
-            if !mem.check_range(d.addr(), len) {
-                return Err(RequestError::OutsideMemory {
-                    addr: d.addr().0,
-                    len,
-                });
-            }
-            let segment = Segment {
-                addr: d.addr(),
-                len,
             };
             if d.is_write_only() {
                 writable.push(segment);
@@ -469,58 +463,6 @@ impl Request {
         }
         Ok(Request { readable, writable })
     }
-}
-
-fn total_len(segments: &[Segment]) -> u64 {
-    segments.iter().map(|s| s.len as u64).sum()
-}
-
-/// The segments left after the first `n` bytes.
-fn skip(segments: &[Segment], mut n: usize) -> Vec<Segment> {
-    let mut rest = Vec::new();
-    for s in segments {
-        if n >= s.len {
-            n -= s.len;
-        } else {
-            rest.push(Segment {
-                addr: s.addr.unchecked_add(n as u64),
-                len: s.len - n,
-            });
-            n = 0;
-        }
-    }
-    rest
-}
-
-/// Copies from guest segments into `buf`; returns the bytes copied.
-fn gather(mem: &GuestMemory, segments: &[Segment], buf: &mut [u8]) -> Result<usize, RequestError> {
-    let mut done = 0;
-    for s in segments {
-        let n = s.len.min(buf.len() - done);
-        if n == 0 {
-            break;
-        }
-        mem.read_slice(&mut buf[done..done + n], s.addr)
-            .map_err(RequestError::Transfer)?;
-        done += n;
-    }
-    Ok(done)
-}
-
-/// Copies `buf` into guest segments, as much as fits; returns the bytes
-/// copied.
-fn scatter(mem: &GuestMemory, segments: &[Segment], buf: &[u8]) -> Result<usize, RequestError> {
-    let mut done = 0;
-    for s in segments {
-        let n = s.len.min(buf.len() - done);
-        if n == 0 {
-            break;
-        }
-        mem.write_slice(&buf[done..done + n], s.addr)
-            .map_err(RequestError::Transfer)?;
-        done += n;
-    }
-    Ok(done)
 }
 
 /// What the worker thread owns: the queue, guest memory and its own handle
@@ -563,55 +505,15 @@ impl QueueHandler {
     /// wants to know.
     fn process_queue(&mut self) {
         let mem = &self.mem;
-        let mut used = false;
-        // Rounds in a row that found nothing although the ring said there was
-        // more: a driver that moves avail->idx past real entries must not
-        // keep this thread spinning.
-        let mut empty_rounds = 0;
-        loop {
-            if let Err(e) = self.queue.disable_notification(mem) {
-                debug!(error = %e, "cannot disable virtio-blk notifications");
-            }
-            let mut served = 0;
-            loop {
-                let chain = match self.queue.iter(mem) {
-                    Ok(mut chains) => chains.next(),
-                    Err(e) => {
-                        debug!(error = %e, "virtio-blk available ring is unusable");
-                        None
-                    }
-                };
-                let Some(chain) = chain else {
-                    break;
-                };
-                let head = chain.head_index();
-                let len = self.disk.process(mem, chain);
-                if let Err(e) = self.queue.add_used(mem, head, len) {
-                    debug!(head, error = %e, "cannot return a virtio-blk chain to the guest");
-                }
-                used = true;
-                served += 1;
-            }
-            empty_rounds = if served == 0 { empty_rounds + 1 } else { 0 };
-            match self.queue.enable_notification(mem) {
-                Ok(true) if empty_rounds < 2 => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    debug!(error = %e, "cannot enable virtio-blk notifications");
-                    break;
-                }
-            }
-        }
-        if used {
-            match self.queue.needs_notification(mem) {
-                Ok(true) => self.interrupt.signal_used_queue(),
-                Ok(false) => {}
-                Err(e) => {
-                    debug!(error = %e, "cannot read the virtio-blk interrupt suppression flags");
-                    self.interrupt.signal_used_queue();
-                }
-            }
-        }
+        let disk = &mut self.disk;
+        drain(
+            &mut self.queue,
+            mem,
+            &self.interrupt,
+            &NAMES,
+            usize::MAX,
+            |chain| disk.process(mem, chain),
+        );
     }
 }
 

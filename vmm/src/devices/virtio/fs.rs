@@ -35,7 +35,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::worker::{EventHandler, Worker};
+use super::worker::{stop_slot, EventHandler, Worker};
 use super::VIRTIO_F_VERSION_1;
 use super::{read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
 use crate::memory::GuestMemory;
@@ -296,19 +296,6 @@ impl Fs {
             }
         }
     }
-
-    fn stop_relay(&mut self) -> bool {
-        let Some(relay) = self.relay.take() else {
-            return true;
-        };
-        match relay.stop() {
-            Ok(_) => true,
-            Err(relay) => {
-                self.relay = Some(relay);
-                false
-            }
-        }
-    }
 }
 
 /// Checks each queue the guest configured and translates its rings to the
@@ -451,13 +438,13 @@ impl VirtioDevice for Fs {
         if self.relay.is_some() {
             self.stop_rings();
         }
-        self.stop_relay()
+        stop_slot(&mut self.relay)
     }
 }
 
 impl Drop for Fs {
     fn drop(&mut self) {
-        self.stop_relay();
+        stop_slot(&mut self.relay);
     }
 }
 

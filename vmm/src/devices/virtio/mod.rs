@@ -8,9 +8,11 @@
 //! buffers through the shared [`Interrupt`].
 
 pub mod block;
+mod chain;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+mod ring;
 #[cfg(test)]
 mod test_driver;
 pub mod vsock;

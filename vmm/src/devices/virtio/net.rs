@@ -24,12 +24,15 @@ use tracing::{debug, error, warn};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryError;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{EventHandler, Worker};
+use super::chain::{last_descriptor, Buffers, Incomplete, OneWayError, OutsideMemory};
+use super::ring::{drain, next_chain, return_chain, signal_used, RingNames};
+use super::worker::{stop_slot, EventHandler, Worker};
 use super::{
     read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
@@ -314,20 +317,6 @@ impl Net {
             worker: None,
         }
     }
-
-    /// Stops the worker thread, if any. False if it could not be told to.
-    fn stop_worker(&mut self) -> bool {
-        let Some(worker) = self.worker.take() else {
-            return true;
-        };
-        match worker.stop() {
-            Ok(_) => true,
-            Err(worker) => {
-                self.worker = Some(worker);
-                false
-            }
-        }
-    }
 }
 
 impl VirtioDevice for Net {
@@ -400,13 +389,13 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) -> bool {
         // The tap stays open here, so the device can be activated again.
-        self.stop_worker()
+        stop_slot(&mut self.worker)
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        self.stop_worker();
+        stop_slot(&mut self.worker);
     }
 }
 
@@ -437,65 +426,45 @@ enum ChainError {
     Memory(#[source] GuestMemoryError),
 }
 
-/// A guest buffer already checked to lie inside guest memory.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    addr: GuestAddress,
-    len: usize,
+impl From<Incomplete> for ChainError {
+    fn from(e: Incomplete) -> Self {
+        match e {
+            Incomplete::Empty => ChainError::Empty,
+            Incomplete::CutShort => ChainError::Truncated,
+        }
+    }
 }
 
-/// Walks a chain whose descriptors must all be `writable` (or all not),
-/// checking each against guest memory; fails once the total passes
-/// `max_len`. Returns the segments and their total length.
-fn segments(
+impl From<OneWayError> for ChainError {
+    fn from(e: OneWayError) -> Self {
+        match e {
+            OneWayError::Direction { writable: true } => ChainError::ReadableOnRx,
+            OneWayError::Direction { writable: false } => ChainError::WritableOnTx,
+            OneWayError::Outside(OutsideMemory { addr, len }) => {
+                ChainError::OutsideMemory { addr, len }
+            }
+        }
+    }
+}
+
+/// Walks a chain whose descriptors must all be `writable` (or all not);
+/// fails once the total passes `max_len`.
+fn buffers(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     writable: bool,
     max_len: usize,
-) -> Result<(Vec<Segment>, usize), ChainError> {
-    let mut segs = Vec::new();
-    let mut total = 0usize;
-    let mut count = 0usize;
-    let mut last_has_next = false;
-    // The iterator stops after queue-size descriptors (or an indirect
-    // table's), at an index out of the table, on an unreadable descriptor or
-    // past 2^32 bytes, so this loop is bounded.
-    for d in chain {
-        count += 1;
-        last_has_next = d.has_next();
-        if d.is_write_only() != writable {
-            return Err(if writable {
-                ChainError::ReadableOnRx
-            } else {
-                ChainError::WritableOnTx
-            });
-        }
-        let len = d.len() as usize;
-        total = total.saturating_add(len);
+) -> Result<Buffers, ChainError> {
+    let descs: Vec<Descriptor> = chain.collect();
+    let buffers = Buffers::one_way(mem, descs.iter().copied(), writable, |total| {
         if total > max_len {
-            return Err(ChainError::TooLong);
+            Err(ChainError::TooLong)
+        } else {
+            Ok(())
         }
-        if len == 0 {
-            continue;
-        }
-        if !mem.check_range(d.addr(), len) {
-            return Err(ChainError::OutsideMemory {
-                addr: d.addr().0,
-                len,
-            });
-        }
-        segs.push(Segment {
-            addr: d.addr(),
-            len,
-        });
-    }
-    if count == 0 {
-        return Err(ChainError::Empty);
-    }
-    if last_has_next {
-        return Err(ChainError::Truncated);
-    }
-    Ok((segs, total))
+    })?;
+    last_descriptor(&descs)?;
+    Ok(buffers)
 }
 
 /// Copies a transmit chain (header and frame) into `buf`; returns the
@@ -505,16 +474,14 @@ fn read_tx_chain(
     chain: DescriptorChain<&GuestMemory>,
     buf: &mut [u8; NET_HDR_LEN + MAX_FRAME_LEN],
 ) -> Result<usize, ChainError> {
-    let (segs, total) = segments(mem, chain, false, buf.len())?;
+    let buffers = buffers(mem, chain, false, buf.len())?;
+    let total = buffers.len();
     if total < NET_HDR_LEN + ETH_HLEN {
         return Err(ChainError::TooShort(total));
     }
-    let mut done = 0;
-    for s in segs {
-        mem.read_slice(&mut buf[done..done + s.len], s.addr)
-            .map_err(ChainError::Memory)?;
-        done += s.len;
-    }
+    buffers
+        .read_at(mem, 0, &mut buf[..total])
+        .map_err(ChainError::Memory)?;
     Ok(total - NET_HDR_LEN)
 }
 
@@ -525,7 +492,8 @@ fn write_rx_chain(
     chain: DescriptorChain<&GuestMemory>,
     data: &[u8],
 ) -> Result<u32, ChainError> {
-    let (segs, capacity) = segments(mem, chain, true, usize::MAX)?;
+    let buffers = buffers(mem, chain, true, usize::MAX)?;
+    let capacity = buffers.len();
     // Without VIRTIO_NET_F_MRG_RXBUF a frame may not span buffers (5.1.6.3),
     // so a buffer too small for it is the guest's error.
     if capacity < data.len() {
@@ -534,46 +502,19 @@ fn write_rx_chain(
             needed: data.len(),
         });
     }
-    let mut done = 0;
-    for s in segs {
-        let n = s.len.min(data.len() - done);
-        if n == 0 {
-            break;
-        }
-        mem.write_slice(&data[done..done + n], s.addr)
-            .map_err(ChainError::Memory)?;
-        done += n;
-    }
+    buffers.write_at(mem, 0, data).map_err(ChainError::Memory)?;
     // At most NET_HDR_LEN + MAX_FRAME_LEN.
     Ok(data.len() as u32)
 }
 
-/// The next chain the driver made available, if any.
-fn next_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemory,
-) -> Option<DescriptorChain<&'m GuestMemory>> {
-    match queue.iter(mem) {
-        Ok(mut chains) => chains.next(),
-        Err(e) => {
-            debug!(error = %e, "virtio-net available ring is unusable");
-            None
-        }
-    }
-}
-
-/// Interrupts the guest for a queue that used buffers, unless it asked
-/// not to be.
-fn signal_used(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt) {
-    match queue.needs_notification(mem) {
-        Ok(true) => interrupt.signal_used_queue(),
-        Ok(false) => {}
-        Err(e) => {
-            debug!(error = %e, "cannot read the virtio-net interrupt suppression flags");
-            interrupt.signal_used_queue();
-        }
-    }
-}
+/// What the receive queue's messages call it.
+const RX_DEVICE: &str = "virtio-net";
+/// What the transmit queue's messages call it.
+const TX_NAMES: RingNames = RingNames {
+    device: "virtio-net",
+    queue: "virtio-net transmit",
+    chain: "virtio-net transmit chain",
+};
 
 /// Whether the worker reads the tap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -736,7 +677,7 @@ impl Handler {
                 },
             };
             let mem = &self.mem;
-            let Some(chain) = next_chain(&mut self.rx, mem) else {
+            let Some(chain) = next_chain(&mut self.rx, mem, RX_DEVICE) else {
                 self.rx_pending = Some(len);
                 next_state = TapState::Paused;
                 break;
@@ -759,16 +700,20 @@ impl Handler {
                     0
                 }
             };
-            if let Err(e) = self.rx.add_used(mem, head, used_len) {
-                debug!(head, error = %e, "cannot return a virtio-net receive buffer");
-            }
+            return_chain(
+                &mut self.rx,
+                mem,
+                head,
+                used_len,
+                "virtio-net receive buffer",
+            );
             used = true;
         }
         if self.tap_state != TapState::Failed {
             self.set_tap_state(next_state);
         }
         if used {
-            signal_used(&mut self.rx, &self.mem, &self.interrupt);
+            signal_used(&mut self.rx, &self.mem, &self.interrupt, RX_DEVICE);
         }
     }
 
@@ -830,29 +775,17 @@ impl Handler {
         }
     }
 
-    /// Sends every available transmit chain to the tap, then interrupts the
-    /// guest if it wants to know.
-    /// Sends what the driver queued, up to a batch; true when the batch
-    /// ended it with chains left.
+    /// Sends what the driver queued to the tap, up to a batch; true when
+    /// the batch ended it with chains left.
     fn process_tx(&mut self) -> bool {
         let mem = &self.mem;
-        let mut used = false;
-        let mut total = 0;
-        let mut batch_full = false;
-        // Rounds in a row that found nothing although the ring said there was
-        // more: a driver that moves avail->idx past real entries must not
-        // keep this thread spinning.
-        let mut empty_rounds = 0;
-        loop {
-            if let Err(e) = self.tx.disable_notification(mem) {
-                debug!(error = %e, "cannot disable virtio-net transmit notifications");
-            }
-            let mut served = 0;
-            while total < TX_BATCH {
-                let Some(chain) = next_chain(&mut self.tx, mem) else {
-                    break;
-                };
-                total += 1;
+        drain(
+            &mut self.tx,
+            mem,
+            &self.interrupt,
+            &TX_NAMES,
+            TX_BATCH,
+            |chain| {
                 let head = chain.head_index();
                 match read_tx_chain(mem, chain, &mut self.tx_buf) {
                     Ok(len) => send_frame(
@@ -875,31 +808,9 @@ impl Handler {
                         }
                     }
                 }
-                if let Err(e) = self.tx.add_used(mem, head, 0) {
-                    debug!(head, error = %e, "cannot return a virtio-net transmit chain");
-                }
-                used = true;
-                served += 1;
-            }
-            if total == TX_BATCH {
-                // Perhaps with nothing left: one wakeup too many at worst.
-                batch_full = true;
-                break;
-            }
-            empty_rounds = if served == 0 { empty_rounds + 1 } else { 0 };
-            match self.tx.enable_notification(mem) {
-                Ok(true) if empty_rounds < 2 => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    debug!(error = %e, "cannot enable virtio-net transmit notifications");
-                    break;
-                }
-            }
-        }
-        if used {
-            signal_used(&mut self.tx, mem, &self.interrupt);
-        }
-        batch_full
+                0
+            },
+        )
     }
 }
 
@@ -939,6 +850,7 @@ mod tests {
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::split::Descriptor;
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;

@@ -96,6 +96,21 @@ impl<T: Send + 'static> Worker<T> {
     }
 }
 
+/// Stops the worker in `slot`, if any; false if it could not be told to,
+/// and then it stays there.
+pub fn stop_slot<T: Send + 'static>(slot: &mut Option<Worker<T>>) -> bool {
+    let Some(worker) = slot.take() else {
+        return true;
+    };
+    match worker.stop() {
+        Ok(_) => true,
+        Err(worker) => {
+            *slot = Some(worker);
+            false
+        }
+    }
+}
+
 fn run<H: EventHandler>(mut handler: H, name: &'static str) -> H::Output {
     let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
     loop {

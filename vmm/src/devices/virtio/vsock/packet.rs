@@ -9,7 +9,8 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::devices::virtio::chain::{Buffers, OneWayError, OutsideMemory};
 
 use crate::memory::GuestMemory;
 
@@ -103,74 +104,34 @@ pub enum PacketError {
     Memory(String),
 }
 
-/// A checked scatter-gather list: every segment lies inside guest memory.
-#[derive(Debug)]
-struct Segments {
-    segs: Vec<(GuestAddress, u32)>,
-    total: u64,
+impl From<OneWayError> for PacketError {
+    fn from(e: OneWayError) -> Self {
+        match e {
+            OneWayError::Direction { writable: true } => PacketError::ReadableOnRx,
+            OneWayError::Direction { writable: false } => PacketError::WritableOnTx,
+            // A descriptor is at most u32::MAX bytes.
+            OneWayError::Outside(OutsideMemory { addr, len }) => PacketError::OutOfMemory {
+                addr,
+                len: len as u32,
+            },
+        }
+    }
 }
 
-impl Segments {
-    /// Walks `chain`, keeping the descriptors of the wanted direction and
-    /// failing on any other. The chain iterator itself stops on loops (it
-    /// yields at most queue-size descriptors) and on unreadable descriptors.
-    fn collect<M>(
-        mem: &GuestMemory,
-        chain: DescriptorChain<M>,
-        writable: bool,
-    ) -> Result<Self, PacketError>
-    where
-        M: Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        let mut segs = Vec::new();
-        let mut total: u64 = 0;
-        for desc in chain {
-            if desc.is_write_only() != writable {
-                return Err(if writable {
-                    PacketError::ReadableOnRx
-                } else {
-                    PacketError::WritableOnTx
-                });
-            }
-            if !mem.check_range(desc.addr(), desc.len() as usize) {
-                return Err(PacketError::OutOfMemory {
-                    addr: desc.addr().0,
-                    len: desc.len(),
-                });
-            }
-            total += u64::from(desc.len());
-            segs.push((desc.addr(), desc.len()));
-        }
-        Ok(Self { segs, total })
-    }
-
-    /// Visits the guest ranges covering `[offset, offset + len)`.
-    fn for_range(
-        &self,
-        mut offset: u64,
-        len: usize,
-        mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), PacketError>,
-    ) -> Result<(), PacketError> {
-        let mut done = 0usize;
-        for &(addr, seg_len) in &self.segs {
-            if done == len {
-                break;
-            }
-            let seg_len = u64::from(seg_len);
-            if offset >= seg_len {
-                offset -= seg_len;
-                continue;
-            }
-            // Bounded by `len`, so it fits a usize.
-            let n = (seg_len - offset).min((len - done) as u64) as usize;
-            // The segment lies in guest memory, so this cannot overflow.
-            f(GuestAddress(addr.0 + offset), done..done + n)?;
-            done += n;
-            offset = 0;
-        }
-        Ok(())
-    }
+/// Walks `chain`, keeping the descriptors of the wanted direction and
+/// failing on any other. A chain cut short (a loop, a bad next index) is
+/// taken as far as it goes.
+fn collect<M>(
+    mem: &GuestMemory,
+    chain: DescriptorChain<M>,
+    writable: bool,
+) -> Result<Buffers, PacketError>
+where
+    M: Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    // No limit here: the header says how much is copied.
+    Buffers::one_way(mem, chain, writable, |_| Ok(()))
 }
 
 fn mem_err(e: vm_memory::GuestMemoryError) -> PacketError {
@@ -192,16 +153,15 @@ impl TxPacket {
         M: Deref,
         M::Target: vm_memory::GuestMemory,
     {
-        let segs = Segments::collect(mem, chain, false)?;
-        if segs.total < HDR_SIZE as u64 {
-            return Err(PacketError::ShortHeader(segs.total));
+        let segs = collect(mem, chain, false)?;
+        let total = segs.len() as u64;
+        if total < HDR_SIZE as u64 {
+            return Err(PacketError::ShortHeader(total));
         }
         let mut raw = [0u8; HDR_SIZE];
-        segs.for_range(0, HDR_SIZE, |addr, r| {
-            mem.read_slice(&mut raw[r], addr).map_err(mem_err)
-        })?;
+        segs.read_at(mem, 0, &mut raw).map_err(mem_err)?;
         let hdr = Header::from_bytes(&raw);
-        let avail = segs.total - HDR_SIZE as u64;
+        let avail = total - HDR_SIZE as u64;
         if hdr.len as usize > MAX_PKT_DATA {
             return Err(PacketError::Oversized(hdr.len));
         }
@@ -212,9 +172,7 @@ impl TxPacket {
             });
         }
         let mut data = vec![0u8; hdr.len as usize];
-        segs.for_range(HDR_SIZE as u64, data.len(), |addr, r| {
-            mem.read_slice(&mut data[r], addr).map_err(mem_err)
-        })?;
+        segs.read_at(mem, HDR_SIZE, &mut data).map_err(mem_err)?;
         Ok(Self { hdr, data })
     }
 }
@@ -222,7 +180,7 @@ impl TxPacket {
 /// A validated rx chain, ready to receive one packet.
 #[derive(Debug)]
 pub struct RxBuffer {
-    segs: Segments,
+    segs: Buffers,
 }
 
 impl RxBuffer {
@@ -231,17 +189,16 @@ impl RxBuffer {
         M: Deref,
         M::Target: vm_memory::GuestMemory,
     {
-        let segs = Segments::collect(mem, chain, true)?;
-        if segs.total < HDR_SIZE as u64 {
-            return Err(PacketError::ShortHeader(segs.total));
+        let segs = collect(mem, chain, true)?;
+        if segs.len() < HDR_SIZE {
+            return Err(PacketError::ShortHeader(segs.len() as u64));
         }
         Ok(Self { segs })
     }
 
     /// The largest payload this buffer takes.
     pub fn data_capacity(&self) -> usize {
-        let room = self.segs.total - HDR_SIZE as u64;
-        room.min(MAX_PKT_DATA as u64) as usize
+        (self.segs.len() - HDR_SIZE).min(MAX_PKT_DATA)
     }
 
     /// Writes `hdr` (its `len` set to the payload's) and `data`, and returns
@@ -251,13 +208,8 @@ impl RxBuffer {
         // data_capacity() is at most MAX_PKT_DATA, so this fits.
         let len = data.len() as u32;
         let raw = Header { len, ..*hdr }.to_bytes();
-        self.segs.for_range(0, HDR_SIZE, |addr, r| {
-            mem.write_slice(&raw[r], addr).map_err(mem_err)
-        })?;
-        self.segs
-            .for_range(HDR_SIZE as u64, data.len(), |addr, r| {
-                mem.write_slice(&data[r], addr).map_err(mem_err)
-            })?;
+        self.segs.write_at(mem, 0, &raw).map_err(mem_err)?;
+        self.segs.write_at(mem, HDR_SIZE, data).map_err(mem_err)?;
         Ok(HDR_SIZE as u32 + len)
     }
 }
@@ -269,6 +221,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress};
 
     const BUF: u64 = 0x10_0000;
 
