@@ -12,6 +12,22 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::memory::GuestMemory;
 
+/// The descriptors of a well-linked chain of (address, length,
+/// device-writable), each `next` the index after its own, from 0.
+pub fn linked(descs: &[(u64, u32, bool)]) -> Vec<Descriptor> {
+    descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, write))| {
+            let mut flags = if write { VRING_DESC_F_WRITE } else { 0 };
+            if i + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT;
+            }
+            Descriptor::new(addr, len, flags as u16, i as u16 + 1)
+        })
+        .collect()
+}
+
 /// One queue as the driver sees it. [`DriverQueue::add`] writes chains in
 /// order from table index 0, wrapping; [`DriverQueue::set_desc`] lets a
 /// test place descriptors itself.
@@ -84,18 +100,7 @@ impl DriverQueue {
 
     /// A well-linked chain of (address, length, device-writable).
     pub fn add(&mut self, mem: &GuestMemory, descs: &[(u64, u32, bool)]) -> u16 {
-        let raw: Vec<Descriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, write))| {
-                let mut flags = if write { VRING_DESC_F_WRITE } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                Descriptor::new(addr, len, flags as u16, i as u16 + 1)
-            })
-            .collect();
-        self.add_raw(mem, &raw)
+        self.add_raw(mem, &linked(descs))
     }
 
     /// Makes the chain at `head` available.
