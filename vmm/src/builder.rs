@@ -12,12 +12,12 @@ use nix::sys::signal::{SigSet, Signal};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::{boot, layout, mptable, regs};
-use crate::config::{Console, NetBackend, NetConfig, VmConfig};
+use crate::config::{Console, NetConfig, VmConfig};
 use crate::devices::serial::{SerialConsole, COM1_BASE, COM1_LEN};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
-use crate::devices::virtio::net::{Net, NetError, Tap};
+use crate::devices::virtio::net::{Net, NetBackend, NetError, Tap};
 use crate::devices::virtio::vsock::{SocketFile, Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusError};

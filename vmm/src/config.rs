@@ -1,12 +1,11 @@
 //! What a VM is made of, as the command line or a caller describes it.
 
-use std::fmt;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::devices::virtio::fs::validate_tag;
-use crate::devices::virtio::net::{validate_tap_name, MacAddr};
+use crate::devices::virtio::net::{validate_tap_name, MacAddr, NetBackend};
 
 /// The command line every guest gets unless the caller replaces it: the
 /// serial console, a reset through the keyboard controller as the way to
@@ -84,26 +83,6 @@ impl FromStr for FsConfig {
             tag: tag.to_owned(),
             socket: PathBuf::from(socket),
         })
-    }
-}
-
-/// Where the tap behind a virtio-net device comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetBackend {
-    /// The tap of this name in the VMM's network namespace, attached (and
-    /// created if missing) by the VMM.
-    Tap(String),
-    /// A tap fd inherited from the parent, already attached; the VMM owns
-    /// it from then on.
-    Fd(RawFd),
-}
-
-impl fmt::Display for NetBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NetBackend::Tap(name) => write!(f, "tap {name}"),
-            NetBackend::Fd(fd) => write!(f, "tap fd {fd}"),
-        }
     }
 }
 

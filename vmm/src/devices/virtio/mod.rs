@@ -5,7 +5,9 @@
 //! queues in [`ActivateContext`]. From then on the device processes its queues
 //! on its own worker thread ([`worker`]), woken by the queue eventfds (KVM
 //! ioeventfds on the QueueNotify register), and tells the guest about used
-//! buffers through the shared [`Interrupt`].
+//! buffers through the shared [`Interrupt`]. Devices that serve their own
+//! queues take chains off them with [`ring`] and turn them into checked
+//! guest buffers with [`chain`]; virtio-fs leaves its rings to virtiofsd.
 
 pub mod block;
 mod chain;

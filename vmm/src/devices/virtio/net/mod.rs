@@ -35,7 +35,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use mac::MacAddr;
-pub use tap::{validate_tap_name, Tap};
+pub use tap::{validate_tap_name, NetBackend, Tap};
 
 use super::worker::{stop_slot, Worker};
 use super::{

@@ -4,15 +4,35 @@
 //! frame.
 
 use std::ffi::c_int;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::NetError;
-use crate::config::NetBackend;
 
 pub(super) const TUN_PATH: &str = "/dev/net/tun";
+
+/// Where the tap behind a virtio-net device comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// The tap of this name in the VMM's network namespace, attached (and
+    /// created if missing) by the VMM.
+    Tap(String),
+    /// A tap fd inherited from the parent, already attached; the VMM owns
+    /// it from then on.
+    Fd(RawFd),
+}
+
+impl fmt::Display for NetBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetBackend::Tap(name) => write!(f, "tap {name}"),
+            NetBackend::Fd(fd) => write!(f, "tap fd {fd}"),
+        }
+    }
+}
 
 /// Checks an interface name as Linux does (dev_valid_name), so that a bad
 /// one is refused before any ioctl.
