@@ -3,17 +3,28 @@
 //! for what it decides before that (the isolation, the pod, the VM's size,
 //! the share).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use oci_spec::runtime::Spec;
 
+use crate::sandbox::error::{FileError, OnPath};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(transparent)]
+    Read(#[from] FileError),
+    #[error("{} is not a valid OCI config: {cause}", path.display())]
+    Invalid {
+        path: PathBuf,
+        cause: serde_json::Error,
+    },
+}
+
 /// The spec of `bundle`, or why it has none.
-pub fn read_spec(bundle: &Path) -> Result<Spec> {
+pub fn read_spec(bundle: &Path) -> Result<Spec, BundleError> {
     let path = bundle.join("config.json");
-    let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-    serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a valid OCI config", path.display()))
+    let text = std::fs::read(&path).on_path("read", &path)?;
+    serde_json::from_slice(&text).map_err(|cause| BundleError::Invalid { path, cause })
 }
 
 /// The annotation `key` of `spec`, if it has it.

@@ -22,6 +22,8 @@ pub enum ConfigError {
     },
     #[error("invalid configuration {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("annotation {annotation}: {0}", annotation = Isolation::ANNOTATION)]
+    Annotation(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -94,13 +96,9 @@ impl Isolation {
     pub const ANNOTATION: &'static str = "io.kata-rs.isolation";
 
     /// The isolation the annotations of `spec` ask for, if any.
-    pub fn annotated(spec: &oci_spec::runtime::Spec) -> anyhow::Result<Option<Self>> {
+    pub fn annotated(spec: &oci_spec::runtime::Spec) -> Result<Option<Self>, ConfigError> {
         crate::bundle::annotation(spec, Self::ANNOTATION)
-            .map(|value| {
-                value
-                    .parse()
-                    .map_err(|e: String| anyhow::anyhow!("annotation {}: {e}", Self::ANNOTATION))
-            })
+            .map(|value| value.parse().map_err(ConfigError::Annotation))
             .transpose()
     }
 }

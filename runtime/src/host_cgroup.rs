@@ -19,7 +19,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use libcgroups::common::{
     create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
 };
@@ -33,6 +32,31 @@ const REMOVE_RETRY: Duration = Duration::from_millis(100);
 /// The smallest guest kata-rs boots: its kernel and agent with room for a
 /// small container.
 pub const MIN_GUEST_MIB: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostCgroupError {
+    /// libcgroups could not do `what`; `cause` is its error with its
+    /// causes, on one line.
+    #[error("{what} {path}: {cause}")]
+    Cgroup {
+        what: &'static str,
+        path: String,
+        cause: String,
+    },
+    #[error(
+        "the sandbox's host cgroup is limited to {bound} MiB of memory, which leaves \
+         {room} MiB for the VM after hypervisor.host_overhead_mib ({overhead} MiB); a \
+         guest needs at least {MIN_GUEST_MIB} MiB (raise the limit, or a pod's RuntimeClass \
+         overhead)"
+    )]
+    TooSmall {
+        bound: u64,
+        room: u64,
+        overhead: u64,
+    },
+}
+
+type Result<T, E = HostCgroupError> = std::result::Result<T, E>;
 
 /// The host cgroup of one sandbox.
 pub struct HostCgroup {
@@ -66,8 +90,7 @@ impl HostCgroup {
         cgroup
             .manager
             .add_task(Pid::this())
-            .map_err(cgroup_error)
-            .with_context(|| format!("join the sandbox's host cgroup {cgroups_path}"))?;
+            .map_err(|e| cgroup_error("join the sandbox's host cgroup", cgroups_path, &e))?;
         cgroup.at.memory = MemoryCgroup::of_process("self");
         cgroup.oom_baseline = cgroup.at.memory.as_ref().map_or(0, MemoryCgroup::oom_kills);
         Ok(cgroup)
@@ -80,8 +103,7 @@ impl HostCgroup {
             systemd_cgroup: at.systemd,
             container_name: id.to_owned(),
         })
-        .map_err(cgroup_error)
-        .with_context(|| format!("open the sandbox's host cgroup {}", at.cgroups_path))?;
+        .map_err(|e| cgroup_error("open the sandbox's host cgroup", &at.cgroups_path, &e))?;
         Ok(Self {
             manager,
             at: at.clone(),
@@ -105,9 +127,18 @@ impl HostCgroup {
 
     /// Bounds the cgroup's memory at `mib`.
     pub fn limit_memory(&self, mib: u64) -> Result<()> {
-        let bytes = i64::try_from(mib << 20).context("memory limit")?;
-        let memory = LinuxMemoryBuilder::default().limit(bytes).build()?;
-        let resources = LinuxResourcesBuilder::default().memory(memory).build()?;
+        let failed = |e: &(dyn std::error::Error + 'static)| {
+            cgroup_error("limit the memory of host cgroup", &self.at.cgroups_path, e)
+        };
+        let bytes = i64::try_from(mib << 20).map_err(|e| failed(&e))?;
+        let memory = LinuxMemoryBuilder::default()
+            .limit(bytes)
+            .build()
+            .map_err(|e| failed(&e))?;
+        let resources = LinuxResourcesBuilder::default()
+            .memory(memory)
+            .build()
+            .map_err(|e| failed(&e))?;
         self.manager
             .apply(&ControllerOpt {
                 resources: &resources,
@@ -115,8 +146,7 @@ impl HostCgroup {
                 oom_score_adj: None,
                 freezer_state: None,
             })
-            .map_err(cgroup_error)
-            .with_context(|| format!("limit the memory of host cgroup {}", self.at.cgroups_path))
+            .map_err(|e| failed(&e))
     }
 
     /// Removes the cgroup, ending whatever still runs in it. A caller
@@ -135,9 +165,11 @@ impl HostCgroup {
                 Ok(()) => return Ok(()),
                 Err(_) if Instant::now() < deadline => std::thread::sleep(REMOVE_RETRY),
                 Err(e) => {
-                    return Err(cgroup_error(e)).with_context(|| {
-                        format!("remove the sandbox's host cgroup {}", self.at.cgroups_path)
-                    })
+                    return Err(cgroup_error(
+                        "remove the sandbox's host cgroup",
+                        &self.at.cgroups_path,
+                        &e,
+                    ))
                 }
             }
         }
@@ -184,9 +216,18 @@ impl OomWatch {
     }
 }
 
-/// libcgroups' error with its causes, on one line.
-fn cgroup_error(e: impl std::error::Error + 'static) -> anyhow::Error {
-    anyhow::anyhow!("{}", kata_rs_engine::error::chain(&e))
+/// The failure to do `what` to the cgroup at `path`: libcgroups' error
+/// `e` (or the like), its causes on one line.
+fn cgroup_error(
+    what: &'static str,
+    path: &str,
+    e: &(dyn std::error::Error + 'static),
+) -> HostCgroupError {
+    HostCgroupError::Cgroup {
+        what,
+        path: path.to_owned(),
+        cause: kata_rs_engine::error::chain(e),
+    }
 }
 
 /// Writes this process into the root cgroup of every hierarchy.
@@ -280,12 +321,11 @@ pub fn fit_guest(wanted_mib: u64, bound_mib: Option<u64>, overhead_mib: u64) -> 
     };
     let room = bound.saturating_sub(overhead_mib);
     if room < MIN_GUEST_MIB {
-        bail!(
-            "the sandbox's host cgroup is limited to {bound} MiB of memory, which leaves \
-             {room} MiB for the VM after hypervisor.host_overhead_mib ({overhead_mib} MiB); a \
-             guest needs at least {MIN_GUEST_MIB} MiB (raise the limit, or a pod's RuntimeClass \
-             overhead)"
-        );
+        return Err(HostCgroupError::TooSmall {
+            bound,
+            room,
+            overhead: overhead_mib,
+        });
     }
     Ok(wanted_mib.min(room))
 }

@@ -115,18 +115,6 @@ impl AgentError {
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 
-/// The message of `e` and of each of its causes, joined as anyhow joins
-/// them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        message.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    message
-}
-
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
 }
@@ -166,7 +154,9 @@ impl Agent {
     pub fn connect(uds: &Path) -> Result<Self> {
         AgentClient::connect_hybrid(uds, AGENT_VSOCK_PORT, CONNECT_TIMEOUT)
             .map(Self::new)
-            .map_err(|e| AgentError::Connect { cause: chain(&e) })
+            .map_err(|e| AgentError::Connect {
+                cause: kata_rs_engine::error::chain(&e),
+            })
     }
 
     pub fn create(&self, id: &str, spec: &Spec) -> Result<()> {

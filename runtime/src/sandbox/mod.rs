@@ -18,9 +18,11 @@
 //! - [`size`]: how large the VM is;
 //! - [`record`]: the host processes, recorded for a later command;
 //! - [`process`]: host processes known by pid and start time;
-//! - [`stdio`]: a process's stdio streams to the agent.
+//! - [`stdio`]: a process's stdio streams to the agent;
+//! - [`error`]: how bringing a sandbox up or down fails.
 
 pub mod agent;
+pub mod error;
 pub mod network;
 pub mod process;
 pub mod record;
@@ -34,18 +36,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use kata_rs_protocol::SHARED_FS_TAG;
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
 use crate::host_cgroup::{fit_guest, HostCgroup};
 use agent::Agent;
+use error::{OnPath, SandboxError};
 use network::PodNetwork;
 use process::ProcRef;
 use record::Record;
 use size::Size;
 use vmm::{Nic, Vmm, VmmSpec};
+
+type Result<T, E = SandboxError> = std::result::Result<T, E>;
 
 /// How long the guest may take to boot to a serving agent.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -145,7 +149,7 @@ impl Sandbox {
     pub fn boot_within(config: &Config, plan: &Plan, timeout: Duration) -> Result<Self> {
         let dir = &plan.dir;
         let share = share_dir(dir);
-        std::fs::create_dir_all(&share).with_context(|| format!("create {}", share.display()))?;
+        std::fs::create_dir_all(&share).on_path("create", &share)?;
         let cgroup = HostCgroup::create_and_join(&plan.cgroups_path, &plan.id, plan.systemd)?;
         let mut parts = Parts {
             id: &plan.id,
@@ -173,7 +177,7 @@ impl Sandbox {
             }
             Err(e) => {
                 parts.end();
-                Err(e.context("boot the sandbox's VM"))
+                Err(SandboxError::Boot(Box::new(e)))
             }
         }
     }
@@ -269,8 +273,9 @@ impl Parts<'_> {
             ..plan.size
         };
         if let Network::Pod(Some(netns)) = &plan.network {
-            self.network = network::connect(netns).with_context(|| {
-                format!("connect the pod's network {} to its VM", netns.display())
+            self.network = network::connect(netns).map_err(|cause| SandboxError::Network {
+                netns: netns.clone(),
+                cause,
             })?;
         }
         self.virtiofsd = Some(virtiofsd::start(config, self.dir)?);
@@ -346,7 +351,10 @@ pub fn end_recorded(dir: &Path, id: &str, before_cgroup: impl FnOnce()) -> Resul
     if let Some(at) = &record.host_cgroup {
         HostCgroup::open(at, id)
             .and_then(HostCgroup::remove)
-            .with_context(|| format!("sandbox {id}"))?;
+            .map_err(|cause| SandboxError::End {
+                id: id.to_owned(),
+                cause,
+            })?;
     }
     Record::remove(dir);
     Ok(())

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use super::error::{FileError, OnPath};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcRef {
@@ -96,7 +96,7 @@ impl ProcRef {
 
 /// Spawns `cmd` (running `program`) as a session of its own: the signals a
 /// terminal sends the caller's group are not its to get.
-pub fn spawn_in_own_session(cmd: &mut Command, program: &Path) -> Result<Child> {
+pub fn spawn_in_own_session(cmd: &mut Command, program: &Path) -> Result<Child, FileError> {
     // SAFETY: setsid is async-signal-safe and touches no Rust state.
     unsafe {
         cmd.pre_exec(|| {
@@ -104,8 +104,7 @@ pub fn spawn_in_own_session(cmd: &mut Command, program: &Path) -> Result<Child> 
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("start {}", program.display()))
+    cmd.spawn().on_path("start", program)
 }
 
 #[cfg(test)]

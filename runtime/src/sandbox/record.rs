@@ -6,11 +6,22 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::error::{FileError, OnPath};
 use super::process::ProcRef;
 use crate::host_cgroup::HostCgroupRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("parse {}: {cause}", path.display())]
+    Parse {
+        path: PathBuf,
+        cause: serde_json::Error,
+    },
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Record {
@@ -29,24 +40,24 @@ impl Record {
     }
 
     /// The record in `dir`; an empty one where there is none.
-    pub fn load(dir: &Path) -> Result<Self> {
+    pub fn load(dir: &Path) -> Result<Self, RecordError> {
         let path = Self::path(dir);
         match std::fs::read(&path) {
             Ok(text) => {
-                serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))
+                serde_json::from_slice(&text).map_err(|cause| RecordError::Parse { path, cause })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+            Err(e) => Err(e).on_path("read", &path).map_err(RecordError::from),
         }
     }
 
     /// Replaces the record atomically: a reader never sees half of it.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    pub fn save(&self, dir: &Path) -> Result<(), RecordError> {
         let path = Self::path(dir);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
+        let text = serde_json::to_vec_pretty(self).expect("a record is plain data");
+        std::fs::write(&tmp, text).on_path("write", &tmp)?;
+        Ok(std::fs::rename(&tmp, &path).on_path("write", &path)?)
     }
 
     pub fn remove(dir: &Path) {

@@ -4,10 +4,40 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use kata_rs_protocol::GUEST_SHARE_DIR;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::{Mount, Spec};
+
+use super::error::{FileError, OnPath};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("config.json has no root.path")]
+    NoRoot,
+    #[error("bind mount source {} of {destination:?}: {cause}", from.display())]
+    BindSource {
+        from: PathBuf,
+        destination: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("bind {} into the VM's share at {}: {cause}", from.display(), target.display())]
+    Bind {
+        from: PathBuf,
+        target: PathBuf,
+        cause: nix::Error,
+    },
+    #[error("make {} private: {cause}", target.display())]
+    Private { target: PathBuf, cause: nix::Error },
+    #[error(
+        "{0} hooks run in the container's namespaces, which are inside the VM; \
+         VM isolation does not run them (namespace isolation does)"
+    )]
+    GuestHooks(&'static str),
+}
+
+type Result<T, E = ShareError> = std::result::Result<T, E>;
 
 const ROOTFS: &str = "rootfs";
 const MOUNTS: &str = "mounts";
@@ -26,12 +56,12 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> Result<()> {
     } else {
         MsFlags::MS_BIND
     };
-    mount(Some(source), target, None::<&str>, flags, None::<&str>).with_context(|| {
-        format!(
-            "bind {} into the VM's share at {}",
-            source.display(),
-            target.display()
-        )
+    mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(|cause| {
+        ShareError::Bind {
+            from: source.to_owned(),
+            target: target.to_owned(),
+            cause,
+        }
     })?;
     // Private: what the container mounts under it must not travel back
     // into the host's mount tree, nor the host's into it after this point.
@@ -42,7 +72,10 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> Result<()> {
         MsFlags::MS_PRIVATE | MsFlags::MS_REC,
         None::<&str>,
     )
-    .with_context(|| format!("make {} private", target.display()))
+    .map_err(|cause| ShareError::Private {
+        target: target.to_owned(),
+        cause,
+    })
 }
 
 /// Makes `<share_root>/<id>` and returns the spec the guest gets: rootfs
@@ -50,10 +83,9 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> Result<()> {
 /// no host namespace paths, LSM labels or cgroup path. One share root can
 /// serve several containers of a VM, each in its own directory.
 pub fn prepare(id: &str, bundle: &Path, spec: &Spec, share_root: &Path) -> Result<Spec> {
-    std::fs::create_dir_all(share_root)
-        .with_context(|| format!("create {}", share_root.display()))?;
+    std::fs::create_dir_all(share_root).on_path("create", share_root)?;
     let share = &share_root.join(id);
-    std::fs::create_dir(share).with_context(|| format!("create {}", share.display()))?;
+    std::fs::create_dir(share).on_path("create", share)?;
     let mut guest = spec.clone();
     let guest_share = Path::new(GUEST_SHARE_DIR).join(id);
 
@@ -62,10 +94,10 @@ pub fn prepare(id: &str, bundle: &Path, spec: &Spec, share_root: &Path) -> Resul
         .as_ref()
         .map(|r| r.path())
         .filter(|p| !p.as_os_str().is_empty())
-        .context("config.json has no root.path")?;
+        .ok_or(ShareError::NoRoot)?;
     let rootfs = bundle.join(root);
     let target = share.join(ROOTFS);
-    std::fs::create_dir(&target)?;
+    std::fs::create_dir(&target).on_path("create", &target)?;
     bind(&rootfs, &target, true)?;
     if let Some(root) = guest.root_mut() {
         root.set_path(guest_share.join(ROOTFS));
@@ -75,19 +107,17 @@ pub fn prepare(id: &str, bundle: &Path, spec: &Spec, share_root: &Path) -> Resul
         let dir = share.join(MOUNTS);
         for (i, m) in mounts.iter_mut().enumerate().filter(|(_, m)| is_bind(m)) {
             let source = bundle.join(m.source().clone().unwrap_or_default());
-            let meta = std::fs::metadata(&source).with_context(|| {
-                format!(
-                    "bind mount source {} of {:?}",
-                    source.display(),
-                    m.destination()
-                )
+            let meta = std::fs::metadata(&source).map_err(|cause| ShareError::BindSource {
+                from: source.clone(),
+                destination: m.destination().clone(),
+                cause,
             })?;
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir).on_path("create", &dir)?;
             let target = dir.join(i.to_string());
             if meta.is_dir() {
-                std::fs::create_dir(&target)?;
+                std::fs::create_dir(&target).on_path("create", &target)?;
             } else {
-                std::fs::File::create(&target)?;
+                std::fs::File::create(&target).on_path("create", &target)?;
             }
             bind(&source, &target, has_option(m, "rbind"))?;
             m.set_source(Some(guest_share.join(MOUNTS).join(i.to_string())));
@@ -131,13 +161,13 @@ pub fn teardown(share_root: &Path, id: &str) -> Result<()> {
             Ok(_) => std::fs::remove_file(target),
             Err(_) => Ok(()),
         }
-        .with_context(|| format!("remove {}", target.display()))?;
+        .on_path("remove", target)?;
     }
     let mounts = share.join(MOUNTS);
     if mounts.exists() {
-        std::fs::remove_dir(&mounts).with_context(|| format!("remove {}", mounts.display()))?;
+        std::fs::remove_dir(&mounts).on_path("remove", &mounts)?;
     }
-    std::fs::remove_dir(share).with_context(|| format!("remove {}", share.display()))?;
+    std::fs::remove_dir(share).on_path("remove", share)?;
     // Other containers' directories keep a shared root alive.
     let _ = std::fs::remove_dir(share_root);
     Ok(())
@@ -169,10 +199,7 @@ pub fn refuse_guest_hooks(spec: &Spec) -> Result<()> {
         ("startContainer", hooks.start_container()),
     ] {
         if listed.as_ref().is_some_and(|h| !h.is_empty()) {
-            bail!(
-                "{hook} hooks run in the container's namespaces, which are inside the VM; \
-                 VM isolation does not run them (namespace isolation does)"
-            );
+            return Err(ShareError::GuestHooks(hook));
         }
     }
     Ok(())

@@ -9,13 +9,29 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use kata_rs_protocol::stdio::{StreamHeader, StreamKind};
 use kata_rs_protocol::{hybrid, STDIO_VSOCK_PORT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long output may still arrive after the process exited.
 pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
+/// A stream that could not be opened to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("connect the {stream} stream to the agent: {cause}")]
+    Connect {
+        stream: &'static str,
+        cause: std::io::Error,
+    },
+    #[error("name the {stream} stream: {cause}")]
+    Name {
+        stream: &'static str,
+        cause: std::io::Error,
+    },
+}
+
+type Result<T, E = StdioError> = std::result::Result<T, E>;
 
 /// Where an agent takes stdio streams.
 #[derive(Debug, Clone)]
@@ -44,10 +60,10 @@ fn open(
     let stream = kind.as_str();
     let mut conn = addr
         .connect()
-        .with_context(|| format!("connect the {stream} stream to the agent"))?;
+        .map_err(|cause| StdioError::Connect { stream, cause })?;
     let header = StreamHeader::new(container_id, exec_id, kind);
     conn.write_all(header.to_string().as_bytes())
-        .with_context(|| format!("name the {stream} stream"))?;
+        .map_err(|cause| StdioError::Name { stream, cause })?;
     Ok(conn)
 }
 

@@ -1,12 +1,17 @@
 //! The shim's errors, and the one place they become ttrpc statuses:
 //! containerd acts on the code (NOT_FOUND, for one, is "already gone"
-//! to it), so each error's code follows from its type.
+//! to it), so each error's code follows from its type, and the message is
+//! the error with its causes.
 
 use containerd_shim::protos::ttrpc;
 use kata_rs_engine::ContainerStatus;
 
+use crate::bundle::BundleError;
 use crate::cgroup_driver::DriverError;
+use crate::config::ConfigError;
 use crate::sandbox::agent::AgentError;
+use crate::sandbox::share::ShareError;
+use crate::sandbox::stdio::StdioError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -39,12 +44,21 @@ pub enum TaskError {
         inner: Box<AgentError>,
         post_mortem: String,
     },
-    /// What failed in the sandbox or on the host around it.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    Stdio(#[from] StdioError),
+    /// What else failed in the sandbox or on the host around it.
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
-    #[error("{context}: {inner}")]
+    #[error("{context}")]
     Context {
         context: String,
+        #[source]
         inner: Box<TaskError>,
     },
 }
@@ -77,7 +91,11 @@ impl TaskError {
             | TaskError::Driver(_) => Code::FAILED_PRECONDITION,
             TaskError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             TaskError::Agent(e) | TaskError::PostMortem { inner: e, .. } => agent_code(e),
-            TaskError::Failed(_) => Code::UNKNOWN,
+            TaskError::Bundle(_)
+            | TaskError::Config(_)
+            | TaskError::Share(_)
+            | TaskError::Stdio(_)
+            | TaskError::Failed(_) => Code::UNKNOWN,
             TaskError::Context { inner, .. } => inner.code(),
         }
     }
@@ -101,7 +119,8 @@ fn agent_code(e: &AgentError) -> ttrpc::Code {
 
 impl From<TaskError> for ttrpc::Error {
     fn from(e: TaskError) -> Self {
-        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+        let message = kata_rs_engine::error::chain(&e);
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
     }
 }
 

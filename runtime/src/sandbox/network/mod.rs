@@ -15,9 +15,11 @@
 //! - [`tc`]: the redirects between an interface and its tap;
 //! - [`tap`]: the taps;
 //! - [`netns`]: entering the namespace;
-//! - [`iproute2`]: running `ip` and `tc`.
+//! - [`iproute2`]: running `ip` and `tc`;
+//! - [`error`]: how it fails.
 
 mod discovery;
+mod error;
 mod iproute2;
 mod netns;
 mod tap;
@@ -29,11 +31,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use kata_rs_protocol::agent::{Interface, Neighbour, Route, SetupPodNetworkRequest};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+pub use error::NetworkError;
+
 use discovery::{pod_interface, pod_neighbour, pod_route, with_onlink_gateways};
+use error::Result;
 use iproute2::{json_of, run};
 use netns::{in_netns, refuse_own_namespace};
 use tap::open_tap;
@@ -112,7 +116,7 @@ const MTUS: std::ops::RangeInclusive<u32> = 68..=65535;
 /// Joins a tap to each interface of network namespace `netns`. What it
 /// joined is undone if it fails.
 pub fn connect(netns: &Path) -> Result<PodNetwork> {
-    let ns = File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+    let ns = open(netns)?;
     refuse_own_namespace(&ns, netns)?;
     in_netns(ns, netns.display().to_string(), || {
         let mut network = PodNetwork::default();
@@ -140,17 +144,22 @@ pub fn disconnect(network: &PodNetwork) {
         return;
     }
     let joined = network.joined();
-    let done = File::open(netns)
-        .map_err(anyhow::Error::from)
-        .and_then(|ns| {
-            in_netns(ns, netns.display().to_string(), move || {
-                unjoin(&joined);
-                Ok(())
-            })
-        });
+    let done = open(netns).and_then(|ns| {
+        in_netns(ns, netns.display().to_string(), move || {
+            unjoin(&joined);
+            Ok(())
+        })
+    });
     if let Err(e) = done {
         tracing::warn!(netns = %netns.display(), error = %e, "take the redirects off the pod's interfaces");
     }
+}
+
+fn open(netns: &Path) -> Result<File> {
+    File::open(netns).map_err(|cause| NetworkError::Open {
+        path: netns.to_owned(),
+        cause,
+    })
 }
 
 /// In the pod's namespace: a tap joined to each interface, then the routes

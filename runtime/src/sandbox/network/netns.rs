@@ -3,8 +3,9 @@
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
+
+use super::error::{NetworkError, Result};
 
 /// Runs `f` on a thread of its own inside network namespace `ns`: setns
 /// moves the calling thread only, and what it spawns starts in the
@@ -16,24 +17,26 @@ pub fn in_netns<T: Send + 'static>(
 ) -> Result<T> {
     std::thread::spawn(move || {
         setns(&ns, CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("enter the network namespace {name}"))?;
+            .map_err(|cause| NetworkError::Enter { netns: name, cause })?;
         f()
     })
     .join()
-    .map_err(|_| anyhow!("the pod network thread panicked"))?
+    .map_err(|_| NetworkError::Panicked)?
 }
 
 /// A pod's namespace that is the shim's own would hand the host's own
 /// interfaces to the VM.
 pub fn refuse_own_namespace(ns: &File, path: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let theirs = ns.metadata()?;
-    let ours = std::fs::metadata("/proc/self/ns/net")?;
+    let inspect = |at: &Path, cause| NetworkError::Inspect {
+        path: at.to_owned(),
+        cause,
+    };
+    let theirs = ns.metadata().map_err(|e| inspect(path, e))?;
+    let own = Path::new("/proc/self/ns/net");
+    let ours = std::fs::metadata(own).map_err(|e| inspect(own, e))?;
     if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
-        bail!(
-            "{} is the host's own network namespace: a VM takes only a pod's",
-            path.display()
-        );
+        return Err(NetworkError::HostNamespace(path.to_owned()));
     }
     Ok(())
 }

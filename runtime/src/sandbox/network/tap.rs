@@ -3,7 +3,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use anyhow::{Context, Result};
+use super::error::{NetworkError, Result};
 
 /// A new tap named `name` in the calling thread's namespace.
 pub fn open_tap(name: &str) -> Result<OwnedFd> {
@@ -12,7 +12,7 @@ pub fn open_tap(name: &str) -> Result<OwnedFd> {
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/net/tun")
-        .context("open /dev/net/tun")?;
+        .map_err(NetworkError::Tun)?;
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
@@ -21,7 +21,10 @@ pub fn open_tap(name: &str) -> Result<OwnedFd> {
     req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads the ifreq passed, alive across the call.
     if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &req) } < 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("create the tap {name}"));
+        return Err(NetworkError::Tap {
+            name: name.to_owned(),
+            cause: std::io::Error::last_os_error(),
+        });
     }
     Ok(OwnedFd::from(tun))
 }

@@ -3,8 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::Result;
-
+use super::error::Result;
 use super::iproute2::{json_of, run};
 
 /// The preference of the redirect filters kata-rs adds, so that they come
