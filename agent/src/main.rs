@@ -89,6 +89,9 @@ fn parse_args() -> Args {
 
 fn run(args: Args) -> Result<()> {
     if args.no_init {
+        // On the host, the containers it starts must not reach its binary
+        // (in a guest, the VM is the boundary and the binary the guest's).
+        kata_rs_engine::sealed::run_sealed()?;
         init_logging(&args.log_level)?;
         let stop = termination_signals();
         // Blocked before any thread starts, so only the sigwaits (below and

@@ -13,11 +13,13 @@ pub mod oci;
 pub mod peers;
 pub mod pod;
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kata_rs::config::Hypervisor;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 
 /// An artefact exported by tests/run.sh.
 pub fn artefact(var: &str) -> PathBuf {
@@ -256,4 +258,23 @@ pub fn process_alive(pid: u32) -> bool {
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// Whether `/proc/<pid>/exe` is a sealed in-memory copy: nothing reaching
+/// it through that link can write, shrink or grow it.
+pub fn runs_sealed(pid: i32) -> Result<(), String> {
+    let link = format!("/proc/{pid}/exe");
+    let target = std::fs::read_link(&link).map_err(|e| format!("{link}: {e}"))?;
+    let exe = std::fs::File::open(&link).map_err(|e| format!("{link}: {e}"))?;
+    let seals = fcntl(exe.as_raw_fd(), FcntlArg::F_GET_SEALS)
+        .map_err(|e| format!("{link} ({}) has no seals: {e}", target.display()))?;
+    let seals = SealFlag::from_bits_truncate(seals);
+    let needed = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
+    if !seals.contains(needed) {
+        return Err(format!(
+            "{link} ({}) is sealed {seals:?} only",
+            target.display()
+        ));
+    }
+    Ok(())
 }

@@ -10,6 +10,37 @@ pub fn pod_dir(pod: &str) -> PathBuf {
     Path::new("/run/kata-rs/pods").join(pod)
 }
 
+/// Fails the test unless pod `pod`'s directory is root's alone and
+/// nothing in it (the shared bundles aside, which are the containers')
+/// is writable by others.
+pub fn assert_pod_dir_private(pod: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pod_dir(pod);
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode();
+    assert_eq!(
+        mode(&dir) & 0o077,
+        0,
+        "{} is open to others ({:o})",
+        dir.display(),
+        mode(&dir) & 0o777
+    );
+    let mut open = Vec::new();
+    let mut todo = vec![dir.clone()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.permissions().mode() & 0o002 != 0 && !meta.file_type().is_symlink() {
+                open.push(path.display().to_string());
+            }
+            if meta.is_dir() && path != dir.join("share") {
+                todo.push(path);
+            }
+        }
+    }
+    assert_eq!(open, Vec::<String>::new(), "writable by anyone");
+}
+
 /// The processes whose command line names pod `pod`'s directory.
 pub fn pod_processes(pod: &str) -> Vec<String> {
     processes_mentioning(&format!("{}/", pod_dir(pod).display()))

@@ -9,9 +9,9 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kata_rs_tests::cgroup;
 use kata_rs_tests::oci::*;
 use kata_rs_tests::peers::{tty_sizes, TtySession, STTY_LOOP};
+use kata_rs_tests::{cgroup, runs_sealed};
 use serde_json::json;
 
 fn id(name: &str) -> String {
@@ -112,6 +112,8 @@ fn a_missing_state_root_is_made() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(root.is_dir());
+    let mode = std::os::unix::fs::PermissionsExt::mode(&root.metadata().unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the state root is root's alone");
     assert_eq!(
         std::fs::read_dir(&root).unwrap().count(),
         0,
@@ -1017,4 +1019,148 @@ fn check_boot_brings_a_sandbox_up_and_down_and_leaves_nothing() {
     assert!(cgroups.is_empty(), "host cgroups left: {cgroups:?}");
     let dirs = checks_in(&std::env::temp_dir());
     assert!(dirs.is_empty(), "sandbox directories left: {dirs:?}");
+}
+
+/// The processes below `pid`, by their parent pids.
+fn descendants(pid: i32) -> Vec<i32> {
+    let parent_of = |p: i32| -> Option<i32> {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut found = vec![pid];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &p in &all {
+            if !found.contains(&p) && parent_of(p).is_some_and(|pp| found.contains(&pp)) {
+                found.push(p);
+                grew = true;
+            }
+        }
+    }
+    found.retain(|&p| p != pid);
+    found
+}
+
+/// CVE-2019-5736: a runtime process inside a container's namespaces (the
+/// init between create and start; an exec's process until it execs) must
+/// not offer the container the runtime's file through `/proc/<pid>/exe`,
+/// which the container could open and, once the runtime is gone, write.
+/// Each runs from a sealed in-memory copy of the runtime: the init itself,
+/// and the exec's process as a fork of `kata-rs exec`, which is checked
+/// while its process runs.
+#[test]
+fn runtime_processes_in_a_container_run_from_a_sealed_copy() {
+    if isolation() == "vm" {
+        println!(
+            "SKIP: in VM isolation no runtime process enters a container: its processes are \
+             the guest agent's, inside the VM"
+        );
+        return;
+    }
+    let rt = Runtime::new();
+    let id = id("sealed");
+    let bundle = Bundle::new(&id, &["sleep", "300"]);
+    rt.create_ok(&id, &bundle);
+    let init = rt.state(&id)["pid"].as_i64().unwrap() as i32;
+    runs_sealed(init).unwrap_or_else(|e| panic!("the created container's init: {e}"));
+    rt.ok(&["start", &id]);
+
+    let exec = rt.command(&["exec", &id, "sleep", "30"]).spawn().unwrap();
+    let exec_pid = exec.id() as i32;
+    let container_mnt = std::fs::read_link(format!("/proc/{init}/ns/mnt")).unwrap();
+    let deadline = std::time::Instant::now() + command_timeout();
+    let mut running = false;
+    while !running && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        running = descendants(exec_pid).iter().any(|p| {
+            std::fs::read_link(format!("/proc/{p}/ns/mnt")).is_ok_and(|ns| ns == container_mnt)
+        });
+    }
+    let sealed = runs_sealed(exec_pid);
+    rt.ok(&["delete", "--force", &id]);
+    let _ = wait_output(exec, command_timeout(), "exec");
+    assert!(
+        running,
+        "the exec's process did not show up in the container"
+    );
+    sealed.unwrap_or_else(|e| panic!("kata-rs exec: {e}"));
+    rt.assert_clean(&id, &bundle);
+}
+
+/// CVE-2024-21626: nothing of the runtime's (a cgroup directory, the state
+/// directory, a log) reaches a container's processes: the init's and an
+/// exec'd process's descriptors are their stdio alone, and each works in
+/// the container's directory the spec names.
+#[test]
+fn no_host_descriptor_or_directory_reaches_a_container_process() {
+    let rt = Runtime::new();
+    let id = id("fds");
+    let report = "ls /proc/$$/fd; readlink /proc/$$/cwd";
+    let init = format!("({report}) > /init-report; exec sleep 300");
+    let bundle = Bundle::new(&id, &["sh", "-c", &init]);
+    std::os::unix::fs::symlink("busybox", bundle.rootfs().join("bin/readlink")).unwrap();
+    rt.create_ok(&id, &bundle);
+    rt.ok(&["start", &id]);
+    let seen = bundle.rootfs().join("init-report");
+    let deadline = std::time::Instant::now() + command_timeout();
+    while std::fs::read_to_string(&seen).map_or(true, |s| !s.ends_with("/\n"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap_or_default(),
+        "0\n1\n2\n/\n",
+        "the container's init: its descriptors, then its directory"
+    );
+    let out = rt.ok(&["exec", "--cwd", "/tmp", &id, "sh", "-c", report]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\n1\n2\n/tmp\n",
+        "an exec'd process: its descriptors, then its directory"
+    );
+    rt.ok(&["delete", "--force", &id]);
+    rt.assert_clean(&id, &bundle);
+}
+
+/// CVE-2024-21626's other half: a spec whose working directory is a
+/// descriptor of the process that sets the container up
+/// (`/proc/self/fd/N`) must not start a container there; were that
+/// descriptor a host directory, its process would work outside the
+/// container's root.
+#[test]
+fn a_working_directory_through_a_setup_descriptor_is_refused() {
+    if isolation() == "vm" {
+        println!(
+            "SKIP: in VM isolation the process that sets a container up is the guest agent's, \
+             inside the VM"
+        );
+        return;
+    }
+    let rt = Runtime::new();
+    for fd in 3..=9 {
+        let id = id(&format!("cwd{fd}"));
+        let mut bundle = Bundle::new(&id, &["sh", "-c", "readlink /proc/$$/cwd; true"]);
+        std::os::unix::fs::symlink("busybox", bundle.rootfs().join("bin/readlink")).unwrap();
+        bundle.config["process"]["cwd"] = format!("/proc/self/fd/{fd}").into();
+        bundle.save();
+        let out = rt.run_container(&id, &bundle);
+        assert!(
+            !out.status.success(),
+            "a container ran in /proc/self/fd/{fd}, which was {:?}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        let _ = rt.run(&["delete", "--force", &id]);
+        rt.assert_clean(&id, &bundle);
+    }
 }

@@ -20,6 +20,8 @@
 //! - [`stats`]: cgroup statistics in the JSON shape of `runc events`;
 //! - [`oom`]: the OOM killer's kills in a container's memory cgroup;
 //! - [`hooks`]: OCI hooks run outside create/start (for VM containers);
+//! - [`sealed`]: the binary of a process that starts containers, as a
+//!   sealed copy a container cannot write (CVE-2019-5736);
 //! - [`error`]: errors that name the container and the step;
 //! - [`init_cause`]: why a container's init failed, which libcontainer
 //!   logs but does not pass on;
@@ -40,6 +42,7 @@ pub mod init_cause;
 pub mod lock;
 pub mod oom;
 pub mod private_bundle;
+pub mod sealed;
 pub mod stats;
 pub mod status;
 

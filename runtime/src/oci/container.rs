@@ -87,6 +87,7 @@ impl OciContainer for kata_rs_engine::Container {
     }
 
     fn exec(self: Box<Self>, _root: &Path, args: &ExecArgs) -> Result<i32> {
+        kata_rs_engine::sealed::run_sealed()?;
         namespace::exec(*self, args)
     }
 

@@ -47,9 +47,13 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             id,
         } => return vm::monitor_main(root, &id, exec_id, tty, console_socket, control_fd),
         Command::Create(args) => {
+            let isolation = isolation(&args, config)?;
+            if isolation == Isolation::Namespace {
+                kata_rs_engine::sealed::run_sealed()?;
+            }
             let terminal = console::bundle_terminal(&args);
             console::needed(terminal, args.console_socket.as_deref(), false)?;
-            match isolation(&args, config)? {
+            match isolation {
                 Isolation::Namespace => drop(namespace::create(&creating_engine()?, &args)?),
                 Isolation::Vm => {
                     // The engine makes the state root, which VM containers
@@ -63,6 +67,9 @@ pub fn dispatch(cli: Cli, config: &Config) -> Result<i32> {
             mut create, detach, ..
         } => {
             let isolation = isolation(&create, config)?;
+            if isolation == Isolation::Namespace {
+                kata_rs_engine::sealed::run_sealed()?;
+            }
             let console = console::for_bundle(&mut create, !detach)?;
             return match isolation {
                 Isolation::Namespace => {

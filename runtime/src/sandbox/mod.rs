@@ -32,6 +32,7 @@ pub mod stdio;
 pub mod virtiofsd;
 pub mod vmm;
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -42,7 +43,7 @@ use nix::sys::signal::Signal;
 use crate::config::Config;
 use crate::host_cgroup::{fit_guest, HostCgroup};
 use agent::Agent;
-use error::{OnPath, SandboxError};
+use error::{FileError, OnPath, SandboxError};
 use network::PodNetwork;
 use process::ProcRef;
 use record::Record;
@@ -71,6 +72,18 @@ const VIRTIOFSD_GRACE: Duration = Duration::from_secs(5);
 /// roots.
 pub fn vsock_uds(dir: &Path) -> PathBuf {
     dir.join("vsock.sock")
+}
+
+/// Makes a sandbox's (or a pod's) directory `dir`, and what is missing
+/// above it, for its owner alone: it holds the sandbox's sockets, its guest's
+/// console and the host processes' logs.
+pub fn make_private_dir(dir: &Path) -> Result<(), FileError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .on_path("create", dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).on_path("restrict", dir)
 }
 
 /// The directory virtiofsd shares with the guest.
@@ -149,6 +162,7 @@ impl Sandbox {
     pub fn boot_within(config: &Config, plan: &Plan, timeout: Duration) -> Result<Self> {
         let dir = &plan.dir;
         let share = share_dir(dir);
+        make_private_dir(dir)?;
         std::fs::create_dir_all(&share).on_path("create", &share)?;
         let cgroup = HostCgroup::create_and_join(&plan.cgroups_path, &plan.id, plan.systemd)?;
         let mut parts = Parts {

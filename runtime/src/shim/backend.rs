@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use oci_spec::runtime::Spec;
 
 use super::error::TaskError;
@@ -112,7 +112,7 @@ fn boot(
 
 /// Starts the agent on the host for a pod in namespace isolation.
 fn start_host_agent(config: &Config, dir: &Path) -> Result<Box<dyn Backend>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    sandbox::make_private_dir(dir)?;
     let host = HostAgent::start(config, dir)?;
     let record = Record {
         agent: Some(host.process),

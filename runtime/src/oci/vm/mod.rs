@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod state;
 
 use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -302,7 +303,11 @@ pub fn create(root: &Path, config: &Config, args: &CreateArgs, systemd: bool) ->
     if dir.exists() {
         bail!("container {id} already exists");
     }
-    std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+    // Its sockets, its guest's console and the logs are its owner's alone.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("create {}", dir.display()))?;
     let plan = Plan {
         id: id.clone(),
         dir: dir.clone(),
