@@ -6,11 +6,20 @@
 //! instead, in the private bundle ([`crate::private_bundle`]): one tmpfs
 //! per such mount there, unmounted at delete.
 
-use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
 
+use nix::dir::Dir;
+use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use oci_spec::runtime::{Mount, Spec};
+use pathrs::error::ErrorKind;
+use pathrs::flags::OpenFlags;
 
 use crate::error::{EngineError, Result};
 
@@ -81,13 +90,15 @@ fn fill_tmpfs(id: &str, at: &Path, rootfs: &Path, m: &Mount) -> Result<Mount> {
         (!data.is_empty()).then_some(data.as_str()),
     )
     .map_err(|e| EngineError::io(id, "mount a copy-up tmpfs", e.into()))?;
-    let destination = m.destination().strip_prefix("/").unwrap_or(m.destination());
-    let source = rootfs.join(destination);
-    if source.is_dir() {
-        copy_tree(&source, at).map_err(io("copy up into a tmpfs"))?;
-        let meta = std::fs::metadata(&source).map_err(io("copy up into a tmpfs"))?;
+    if let Some(dir) =
+        image_dir(rootfs, m.destination()).map_err(io("find the image's directory"))?
+    {
+        let mode = fstat(dir.as_raw_fd())
+            .map_err(|e| EngineError::io(id, "copy up into a tmpfs", e.into()))?
+            .st_mode;
+        copy_tree(dir, at).map_err(io("copy up into a tmpfs"))?;
         if !options.iter().any(|o| o.starts_with("mode=")) {
-            std::fs::set_permissions(at, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode & 0o7777))
                 .map_err(io("copy up into a tmpfs"))?;
         }
     }
@@ -104,34 +115,79 @@ fn fill_tmpfs(id: &str, at: &Path, rootfs: &Path, m: &Mount) -> Result<Mount> {
     Ok(bind)
 }
 
-/// Copies a directory tree: files, directories, symlinks, with modes and
-/// owners. Other node types (devices, sockets) are skipped.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(from)? {
+/// The image's directory at `destination`, resolved inside the root
+/// filesystem as the container will see it, so that a symlink in the image
+/// (`/etc -> /etc` or `-> ../../..`) cannot turn the copy into one of a host
+/// directory; None where the image has no directory there.
+fn image_dir(rootfs: &Path, destination: &Path) -> io::Result<Option<OwnedFd>> {
+    let root = pathrs::Root::open(rootfs).map_err(io::Error::other)?;
+    match root.open_subpath(destination, OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY) {
+        Ok(dir) => Ok(Some(dir.into())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::OsError(Some(libc::ENOENT | libc::ENOTDIR))
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(io::Error::other(e)),
+    }
+}
+
+/// Copies the directory open at `from` into `to`: files, directories and
+/// symlinks, with modes and owners; other node types (devices, sockets,
+/// fifos) are skipped. Each entry is opened relative to its directory's
+/// descriptor and never through a symlink, so the walk stays in the image
+/// even if the image changes under it.
+fn copy_tree(from: OwnedFd, to: &Path) -> io::Result<()> {
+    let owner = fstat(from.as_raw_fd())?;
+    let mut dir = Dir::from(from)?;
+    let dirfd = dir.as_raw_fd();
+    for entry in dir.iter() {
         let entry = entry?;
-        let target = to.join(entry.file_name());
-        let meta = entry.path().symlink_metadata()?;
-        let kind = meta.file_type();
-        if kind.is_dir() {
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let target = to.join(OsStr::from_bytes(name.to_bytes()));
+        let st = fstatat(Some(dirfd), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        if kind == SFlag::S_IFLNK {
+            std::os::unix::fs::symlink(readlinkat(Some(dirfd), name)?, &target)?;
+        } else if kind == SFlag::S_IFDIR {
+            let sub = open_entry(dirfd, name, OFlag::O_DIRECTORY)?;
             std::fs::create_dir(&target)?;
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target)?;
+            copy_tree(sub, &target)?;
+        } else if kind == SFlag::S_IFREG {
+            let file = std::fs::File::from(open_entry(dirfd, name, OFlag::empty())?);
+            // The entry may have been swapped since fstatat: copy only
+            // what is still a regular file.
+            if !file.metadata()?.is_file() {
+                continue;
+            }
+            std::io::copy(&mut &file, &mut std::fs::File::create_new(&target)?)?;
         } else {
             continue;
         }
-        if !kind.is_symlink() {
+        if kind != SFlag::S_IFLNK {
             std::fs::set_permissions(
                 &target,
-                std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                std::fs::Permissions::from_mode(st.st_mode & 0o7777),
             )?;
         }
-        std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))?;
+        std::os::unix::fs::lchown(&target, Some(st.st_uid), Some(st.st_gid))?;
     }
-    let meta = from.metadata()?;
-    chown(to, Some(meta.uid()), Some(meta.gid()))
+    chown(to, Some(owner.st_uid), Some(owner.st_gid))
+}
+
+/// Opens directory entry `name` for reading, never through a symlink and
+/// without blocking on a fifo swapped in.
+fn open_entry(dirfd: RawFd, name: &CStr, extra: OFlag) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | extra;
+    let fd = openat(Some(dirfd), name, flags, Mode::empty())?;
+    // SAFETY: openat just returned this descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Unmounts a copy-up tmpfs, however often it is stacked.
@@ -180,5 +236,57 @@ mod tests {
         assert!(!m.options().as_ref().unwrap().contains(&OPTION.to_owned()));
         crate::private_bundle::cleanup(root.path(), "c1");
         assert!(!private.exists());
+    }
+
+    #[test]
+    fn a_copy_up_through_the_images_symlinks_stays_in_the_image() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret"), "host").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        let rootfs = bundle.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("data")).unwrap();
+        std::fs::write(rootfs.join("data/motd"), "image").unwrap();
+        // An absolute link, a relative one climbing out, and a link inside
+        // the tree the copy must keep as a link.
+        std::os::unix::fs::symlink(host.path(), rootfs.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../../..", rootfs.join("up")).unwrap();
+        std::os::unix::fs::symlink(host.path(), rootfs.join("data/out")).unwrap();
+        let mount = |dest: &str| {
+            serde_json::json!({"destination": dest, "type": "tmpfs", "source": "tmpfs",
+                               "options": ["size=1m", "tmpcopyup"]})
+        };
+        let up = format!("/up{}", host.path().display());
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": [mount("/abs"), mount(&up), mount("/data")],
+        }))
+        .unwrap();
+        let private = crate::private_bundle::prepare(root.path(), "c2", bundle.path(), &spec)
+            .unwrap()
+            .unwrap();
+        let rewritten: Spec =
+            serde_json::from_slice(&std::fs::read(private.join("config.json")).unwrap()).unwrap();
+        let sources: Vec<_> = rewritten
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.source().clone().unwrap())
+            .collect();
+        for source in &sources[..2] {
+            assert_eq!(std::fs::read_dir(source).unwrap().count(), 0, "{source:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(sources[2].join("motd")).unwrap(),
+            "image"
+        );
+        assert_eq!(
+            std::fs::read_link(sources[2].join("out")).unwrap(),
+            host.path()
+        );
+        crate::private_bundle::cleanup(root.path(), "c2");
     }
 }
