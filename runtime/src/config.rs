@@ -49,6 +49,30 @@ pub struct Hypervisor {
     pub host_overhead_mib: u64,
     /// Extra kernel command line arguments, appended to the VMM's defaults.
     pub kernel_params: String,
+    /// The VMM's seccomp filters: `enforce` (a call outside a thread's
+    /// filter kills the VMM), `log` (the kernel logs it), `off`.
+    pub seccomp: Seccomp,
+}
+
+/// What a system call outside a VMM thread's seccomp filter does; the
+/// VMM's `--seccomp`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Seccomp {
+    #[default]
+    Enforce,
+    Log,
+    Off,
+}
+
+impl std::fmt::Display for Seccomp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Seccomp::Enforce => "enforce",
+            Seccomp::Log => "log",
+            Seccomp::Off => "off",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -126,6 +150,7 @@ impl Default for Hypervisor {
             memory_mib: 256,
             host_overhead_mib: 32,
             kernel_params: String::new(),
+            seccomp: Seccomp::Enforce,
         }
     }
 }

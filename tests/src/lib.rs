@@ -157,9 +157,16 @@ pub struct VmmProcess {
 impl VmmProcess {
     /// Starts the VMM with `args` (kernel, console and stderr files added).
     pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(dir, &[], args)
+    }
+
+    /// Starts the VMM with `args` and the variables `env` added to its
+    /// environment.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
         let console = dir.join("console.log");
         let stderr = dir.join("vmm.stderr");
         let child = Command::new(vmm_binary())
+            .envs(env.iter().copied())
             .arg("--kernel")
             .arg(kernel())
             .arg("--console")

@@ -133,6 +133,36 @@ fn run_propagates_the_exit_code_and_keeps_streams_apart() {
     rt.assert_clean(&id, &bundle);
 }
 
+/// A VMM killed by its own seccomp filter (one thread made a call outside
+/// it, on the test's request) fails the start with a message that says so,
+/// and the runtime cleans up after it as after any failed start.
+#[test]
+fn a_vmm_its_seccomp_filter_kills_fails_the_start_clearly_and_leaves_nothing() {
+    if isolation() != "vm" {
+        println!("SKIP: namespace isolation starts no VMM");
+        return;
+    }
+    let rt = Runtime::new();
+    let id = id("sigsys");
+    let bundle = Bundle::new(&id, &["true"]);
+    let child = rt
+        .run_command(&id, &bundle)
+        .env(kata_rs_vmm::seccomp::TEST_VIOLATION_ENV, "vcpu")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, command_timeout(), "kata-rs run");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("killed by SIGSYS") && err.contains("seccomp filter"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one error line: {err}");
+    rt.assert_clean(&id, &bundle);
+}
+
 #[test]
 fn run_passes_stdin_through() {
     let rt = Runtime::new();

@@ -517,3 +517,185 @@ fn agent_runs_a_container_from_the_virtio_fs_share() {
         .unwrap();
     drop(vmm);
 }
+
+/// PF_USER_WORKER (include/linux/sched.h): a kernel worker living in a
+/// process, such as KVM's `kvm-nx-lpage-recovery`; it runs no user code.
+const PF_USER_WORKER: u64 = 0x4000;
+
+/// Each thread of process `pid` but the kernel's workers: its name and its
+/// `Seccomp:` mode.
+fn threads_seccomp(pid: u32) -> Vec<(String, String)> {
+    let user_worker = |task: &std::path::Path| {
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+            .is_some_and(|flags| flags & PF_USER_WORKER != 0)
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|task| !user_worker(&task.path()))
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map_or_else(String::new, |v| v.trim().to_owned())
+            };
+            (field("Name:"), field("Seccomp:"))
+        })
+        .collect()
+}
+
+/// A 1 MiB disk image in `dir` starting with a marker the probe reads.
+fn marked_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    let img = dir.join("disk.img");
+    let mut content = b"KATA-RS-DISK-MARKER".to_vec();
+    content.resize(1 << 20, 0);
+    std::fs::write(&img, &content).unwrap();
+    img
+}
+
+/// Sends a few broadcast datagrams out of host interface `tap`, given an
+/// address and brought up for it: frames the VMM must take off the tap
+/// (and, with the guest's card down, hold while it has no buffer).
+fn broadcast_into(tap: &str) {
+    for args in [
+        vec!["addr", "add", "192.0.2.1/24", "dev", tap],
+        vec!["link", "set", tap, "up"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    let socket = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+    socket.set_broadcast(true).unwrap();
+    for _ in 0..8 {
+        socket.send_to(b"to the guest", "192.0.2.255:9").unwrap();
+    }
+}
+
+/// A VMM with one device of every kind: while the guest waits on its vsock
+/// connection and frames arrive on its tap, every thread of the VMM (main,
+/// signals, each vCPU, each device's) runs under a seccomp filter
+/// (`Seccomp: 2`), and the guest's disk, vsock and virtio-fs work under the
+/// enforced filters.
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn every_vmm_thread_runs_under_its_seccomp_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let fsd = Virtiofsd::start(dir.path());
+    let img = marked_disk(dir.path());
+    let uds = dir.path().join("vsock.sock");
+    let listener = UnixListener::bind(dir.path().join("vsock.sock_5000")).unwrap();
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<u32>();
+    let tap = format!("kseccomp{}", std::process::id() % 10000);
+    let server_tap = tap.clone();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        // The guest waits for this answer with every device active.
+        broadcast_into(&server_tap);
+        let threads = threads_seccomp(pid_rx.recv().unwrap());
+        (&stream).write_all(b"hello from the host\n").unwrap();
+        threads
+    });
+    let mut vmm = VmmProcess::start(
+        dir.path(),
+        &[
+            "--vcpus",
+            "2",
+            "--initrd",
+            probe_initrd().to_str().unwrap(),
+            "--vsock-uds",
+            uds.to_str().unwrap(),
+            "--disk",
+            &format!("{},ro", img.display()),
+            "--fs",
+            &format!("hostshare={}", fsd.socket.display()),
+            "--net",
+            &format!("tap={tap},mac=02:00:00:00:5e:01"),
+            "--cmdline-append",
+            "probe.disk=/dev/vda probe.vsock_port=5000 probe.fs=hostshare",
+        ],
+    );
+    pid_tx.send(vmm.child.id()).unwrap();
+    let status = vmm.wait(BOOT_TIMEOUT);
+    assert!(
+        status.success(),
+        "{status}: {}\nconsole:\n{}",
+        vmm.stderr_text(),
+        vmm.console_text()
+    );
+    let threads = server.join().unwrap();
+    let mut names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "kata-rs-vmm",
+            "signals",
+            "vcpu0",
+            "vcpu1",
+            "virtio-blk",
+            "virtio-fs",
+            "virtio-net",
+            "virtio-vsock"
+        ]
+    );
+    for (name, mode) in &threads {
+        assert_eq!(mode, "2", "thread {name} is not filtered: {threads:?}");
+    }
+    let lines = vmm.probe_lines();
+    for line in [
+        "disk-read ok KATA-RS-DISK-MARKER",
+        "vsock ok hello from the host",
+        "fs-read ok hello from the host",
+        "fs-write ok",
+    ] {
+        assert!(lines.contains(&line.to_owned()), "no {line:?} in {lines:?}");
+    }
+}
+
+/// A thread that makes a call outside its filter (on the test's request)
+/// kills the VMM with SIGSYS; with `--seccomp log` the same call is only
+/// logged and the guest runs to its end.
+#[test]
+#[ignore = "needs KVM that boots a standard guest: run through tests/run.sh"]
+fn a_call_outside_a_threads_filter_kills_the_vmm_unless_filters_only_log() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let img = marked_disk(dir.path());
+    let disk = format!("{},ro", img.display());
+    let violation = [(kata_rs_vmm::seccomp::TEST_VIOLATION_ENV, "virtio-blk")];
+    let boot = |mode: &str| {
+        let mut vmm = VmmProcess::start_with_env(
+            dir.path(),
+            &violation,
+            &[
+                "--seccomp",
+                mode,
+                "--initrd",
+                probe_initrd().to_str().unwrap(),
+                "--disk",
+                &disk,
+                "--cmdline-append",
+                "probe.disk=/dev/vda",
+            ],
+        );
+        let status = vmm.wait(BOOT_TIMEOUT);
+        (status, vmm.probe_lines(), vmm.stderr_text())
+    };
+    let (status, _, stderr) = boot("enforce");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}: {stderr}");
+    let (status, lines, stderr) = boot("log");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        lines.contains(&"disk-read ok KATA-RS-DISK-MARKER".to_owned()),
+        "{lines:?}"
+    );
+}

@@ -4,8 +4,9 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use linux_loader::cmdline::Cmdline;
 use nix::sys::signal::{SigSet, Signal};
@@ -19,9 +20,11 @@ use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
 use crate::devices::virtio::net::{Net, NetBackend, NetError, Tap};
 use crate::devices::virtio::vsock::{SocketFile, Vsock, VsockError};
+use crate::devices::virtio::worker::DeviceThread;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusError};
 use crate::memory::{self, GuestMemory, MemoryError};
+use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuExitReason};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -69,6 +72,14 @@ pub enum BuildError {
     NoDeviceSlot { first: u32, last: u32 },
     #[error("cannot start a vCPU thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("cannot start the {kind} thread: {source}")]
+    DeviceThread {
+        kind: ThreadKind,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// How a VM run ended.
@@ -101,13 +112,20 @@ pub struct Vmm {
     pio: Bus,
     mmio: Bus,
     vcpus: Vec<Vcpu>,
+    seccomp: SeccompMode,
     panicked: Arc<AtomicBool>,
-    /// Removed on every exit: the vCPU threads still hold the devices then,
-    /// so the devices' own drop never runs.
+    /// Removed by the main thread on every exit: the vCPU threads never
+    /// drop the devices, so the devices' own drop never runs.
     socket_files: Vec<SocketFile>,
 }
 
 pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
+    // Before any thread is made, so that every thread inherits the mask:
+    // one that did not would take a stop signal's default action, killing
+    // the VMM without its clean-up.
+    stop_signals()
+        .thread_block()
+        .map_err(|e| BuildError::Thread(e.into()))?;
     // The guest mounts by tag: a second share with the same tag would be
     // unreachable.
     for (i, fs) in cfg.filesystems.iter().enumerate() {
@@ -138,7 +156,10 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
     let console = SerialConsole::new(serial_irq, console_output(&cfg.console)?, panicked.clone());
     pio.insert(Arc::new(Mutex::new(console)), COM1_BASE, COM1_LEN)?;
 
-    let mut slots = VirtioSlots::default();
+    let mut slots = VirtioSlots {
+        count: 0,
+        seccomp: cfg.seccomp,
+    };
     let mut socket_files = Vec::new();
     if let Some(vsock) = &cfg.vsock {
         let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)?;
@@ -175,6 +196,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         pio,
         mmio,
         vcpus,
+        seccomp: cfg.seccomp,
         panicked,
         socket_files,
     })
@@ -207,10 +229,11 @@ fn open_taps(nets: &[NetConfig]) -> Result<Vec<Tap>, BuildError> {
 /// Hands out virtio-mmio windows and interrupt lines in order, and wires
 /// each device: irqfd for its interrupt, ioeventfds for its queue doorbells,
 /// the bus window, and the `virtio_mmio.device=` argument that tells the
-/// guest where it is.
-#[derive(Default)]
+/// guest where it is. Each device gets its own thread, confined by its
+/// kind's seccomp filter before the guest runs.
 struct VirtioSlots {
     count: u32,
+    seccomp: SeccompMode,
 }
 
 impl VirtioSlots {
@@ -233,7 +256,10 @@ impl VirtioSlots {
             layout::VIRTIO_MMIO_START + u64::from(self.count) * layout::VIRTIO_MMIO_SLOT_SIZE;
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         vm.register_irq(&irq_evt, irq)?;
-        let transport = MmioTransport::new(mem.clone(), device, irq_evt)?;
+        let kind = device.thread_kind();
+        let thread = DeviceThread::spawn(kind, self.seccomp)
+            .map_err(|source| BuildError::DeviceThread { kind, source })?;
+        let transport = MmioTransport::new(mem.clone(), device, irq_evt, thread)?;
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             vm.register_mmio_doorbell(evt, base + NOTIFY_OFFSET, queue as u32)?;
         }
@@ -277,10 +303,12 @@ fn console_output(console: &Console) -> Result<Box<dyn Write + Send>, BuildError
 enum Event {
     Vcpu(u8, VcpuExitReason),
     Signal(Signal),
+    Unconfined(SeccompError),
 }
 
-/// Signals that stop the VMM; they are blocked in every thread and taken
-/// by one waiting thread, so a stop always goes through the same exit path.
+/// Signals that stop the VMM; they are blocked in every thread (from the
+/// start of [`build`]) and taken by one waiting thread, so a stop always
+/// goes through the same exit path.
 fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -289,35 +317,130 @@ fn stop_signals() -> SigSet {
     set
 }
 
+/// Holds every thread of a starting VM until all have installed their
+/// seccomp filters, the main thread's last: no thread reads what the guest
+/// writes, and no vCPU runs, before the whole VMM is confined.
+#[derive(Default)]
+struct StartGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Threads that have tried to install their filter (one that failed
+    /// has sent its error first).
+    tried: usize,
+    /// The main thread's word: whether the threads go on.
+    open: Option<bool>,
+}
+
+impl StartGate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A started thread's wait, once it has tried to install its filter:
+    /// whether the VMM is confined and the thread may go on.
+    fn pass(&self) -> bool {
+        let mut state = self.lock();
+        state.tried += 1;
+        self.changed.notify_all();
+        let state = self
+            .changed
+            .wait_while(state, |s| s.open.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        state.open == Some(true)
+    }
+
+    /// The main thread's: once the `started` threads have tried, lets
+    /// them go on if `go()` says so.
+    fn open(&self, started: usize, go: impl FnOnce() -> bool) {
+        let mut state = self
+            .changed
+            .wait_while(self.lock(), |s| s.tried < started)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.open = Some(go());
+        self.changed.notify_all();
+    }
+}
+
 impl Vmm {
     /// Runs the vCPUs until the guest stops, fails, or a stop signal comes.
-    pub fn run(self) -> Result<Outcome, BuildError> {
-        let signals = stop_signals();
-        signals
-            .thread_block()
-            .map_err(|e| BuildError::Thread(e.into()))?;
+    pub fn run(mut self) -> Result<Outcome, BuildError> {
+        let gate = Arc::new(StartGate::default());
         let (tx, rx) = mpsc::channel();
-        let sig_tx = tx.clone();
+        let mut started = 0;
+        let confined = self
+            .start_threads(&gate, &tx, &mut started)
+            .and_then(|()| Ok(seccomp::install(ThreadKind::Main, self.seccomp)?));
+        drop(tx);
+        let mut unconfined = None;
+        gate.open(started, || {
+            unconfined = rx.try_recv().ok();
+            confined.is_ok() && unconfined.is_none()
+        });
+        if let Some(event) = unconfined {
+            return Ok(self.finish(Ok(event)));
+        }
+        if let Err(e) = confined {
+            self.remove_socket_files();
+            return Err(e);
+        }
+        Ok(self.finish(rx.recv()))
+    }
+
+    /// Starts the signal thread and the vCPU threads, counting them in
+    /// `started`; each installs its filter and waits at `gate`.
+    fn start_threads(
+        &mut self,
+        gate: &Arc<StartGate>,
+        tx: &mpsc::Sender<Event>,
+        started: &mut usize,
+    ) -> Result<(), BuildError> {
+        let mode = self.seccomp;
+        let (signals, sig_tx, sig_gate) = (stop_signals(), tx.clone(), gate.clone());
         std::thread::Builder::new()
-            .name("signals".into())
+            .name(ThreadKind::Signals.name().into())
             .spawn(move || {
-                if let Ok(sig) = signals.wait() {
-                    let _ = sig_tx.send(Event::Signal(sig));
+                if let Err(e) = seccomp::install(ThreadKind::Signals, mode) {
+                    let _ = sig_tx.send(Event::Unconfined(e));
+                }
+                if sig_gate.pass() {
+                    if let Ok(sig) = signals.wait() {
+                        let _ = sig_tx.send(Event::Signal(sig));
+                    }
                 }
             })
             .map_err(BuildError::Thread)?;
-        for mut vcpu in self.vcpus {
-            let (pio, mmio, tx) = (self.pio.clone(), self.mmio.clone(), tx.clone());
+        *started += 1;
+        for mut vcpu in std::mem::take(&mut self.vcpus) {
+            let (tx, gate) = (tx.clone(), gate.clone());
+            // Never dropped on a vCPU thread, which may hold the last
+            // reference: a device's drop (the vsock socket file's removal)
+            // makes calls the vCPU filter refuses. The main thread removes
+            // the files, and the process ends.
+            let buses = ManuallyDrop::new((self.pio.clone(), self.mmio.clone()));
             std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
                 .spawn(move || {
-                    let reason = vcpu.run(&pio, &mmio);
-                    let _ = tx.send(Event::Vcpu(vcpu.index(), reason));
+                    if let Err(e) = seccomp::install(ThreadKind::Vcpu, mode) {
+                        let _ = tx.send(Event::Unconfined(e));
+                    }
+                    if gate.pass() {
+                        let reason = vcpu.run(&buses.0, &buses.1);
+                        let _ = tx.send(Event::Vcpu(vcpu.index(), reason));
+                    }
                 })
                 .map_err(BuildError::Thread)?;
+            *started += 1;
         }
-        drop(tx);
-        let outcome = match rx.recv() {
+        Ok(())
+    }
+
+    /// The outcome of the event that ended the VM; its socket files go.
+    fn finish(self, event: Result<Event, mpsc::RecvError>) -> Outcome {
+        let outcome = match event {
             Ok(Event::Vcpu(index, reason)) => {
                 tracing::debug!(vcpu = index, ?reason, "vCPU stopped");
                 match reason {
@@ -330,11 +453,16 @@ impl Vmm {
                 }
             }
             Ok(Event::Signal(sig)) => Outcome::Signalled(sig as i32),
+            Ok(Event::Unconfined(e)) => Outcome::Failed(e.to_string()),
             Err(_) => Outcome::Failed("all vCPU threads ended without a reason".into()),
         };
+        self.remove_socket_files();
+        outcome
+    }
+
+    fn remove_socket_files(&self) {
         for file in &self.socket_files {
             file.remove();
         }
-        Ok(outcome)
     }
 }

@@ -1,5 +1,6 @@
 //! What a VM is made of, as the command line or a caller describes it.
 
+use crate::seccomp::SeccompMode;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -181,6 +182,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     pub filesystems: Vec<FsConfig>,
     pub nets: Vec<NetConfig>,
+    /// What a system call outside a thread's seccomp filter does.
+    pub seccomp: SeccompMode,
 }
 
 #[cfg(test)]

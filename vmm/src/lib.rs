@@ -6,11 +6,13 @@
 //!   initial vCPU state;
 //! - [`memory`]: guest RAM backed by a shareable memfd;
 //! - [`vstate`]: the KVM VM and its vCPUs;
-//! - [`devices`]: the trapped-access bus and the devices on it.
+//! - [`devices`]: the trapped-access bus and the devices on it;
+//! - [`seccomp`]: the filter each kind of VMM thread runs under.
 
 pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod memory;
+pub mod seccomp;
 pub mod vstate;

@@ -11,6 +11,7 @@ use kata_rs_vmm::builder;
 use kata_rs_vmm::config::{
     Console, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
+use kata_rs_vmm::seccomp::SeccompMode;
 
 /// The first CID a guest may have (0-2 are reserved by vsock).
 const DEFAULT_GUEST_CID: u64 = 3;
@@ -62,6 +63,11 @@ struct Args {
     /// colon-separated hex octets. Repeatable.
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
+    /// What a system call outside a VMM thread's seccomp filter does:
+    /// `enforce` kills the VMM (SIGSYS), `log` has the kernel log it and
+    /// lets it run, `off` installs no filters.
+    #[arg(long, default_value = "enforce")]
+    seccomp: SeccompMode,
     /// Log filter for the VMM's own messages (stderr).
     #[arg(long, default_value = "warn", env = "KATA_RS_VMM_LOG")]
     log_level: String,
@@ -92,6 +98,7 @@ fn main() {
         disks: args.disks,
         filesystems: args.filesystems,
         nets: args.nets,
+        seccomp: args.seccomp,
     };
     let outcome = builder::build(&cfg).and_then(|vmm| vmm.run());
     let code = match outcome {

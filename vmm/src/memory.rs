@@ -44,6 +44,13 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemory, MemoryError> {
         let fo = FileOffset::new(file.try_clone().map_err(MemoryError::Memfd)?, file_offset);
         let region = MmapRegion::from_file(fo, len as usize)
             .map_err(|source| MemoryError::Mmap { size: len, source })?;
+        // The guest's memory is the tenant's: a crashing VMM (a seccomp
+        // kill included) must not write it into a core file. Best effort:
+        // a kernel that refuses only means larger core files.
+        // SAFETY: the range is the mapping just made, owned by `region`.
+        unsafe {
+            libc::madvise(region.as_ptr().cast(), region.size(), libc::MADV_DONTDUMP);
+        }
         regions.push(
             GuestRegionMmap::new(region, GuestAddress(start))
                 .ok_or(MemoryError::Unaligned(start))?,

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -37,9 +37,9 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the VMM exited with {status} before the agent answered ({vmm_says}); {console}")]
+    #[error("the VMM {status} before the agent answered ({vmm_says}); {console}")]
     VmmExited {
-        status: ExitStatus,
+        status: VmmExit,
         vmm_says: String,
         console: String,
     },
@@ -55,6 +55,23 @@ pub enum VmmError {
     },
     #[error("waiting for the VMM failed")]
     Wait(#[source] std::io::Error),
+}
+
+/// How the VMM ended, in words: a kill by SIGSYS is its seccomp filter
+/// refusing a system call, which the VMM itself cannot report.
+#[derive(Debug)]
+pub struct VmmExit(pub ExitStatus);
+
+impl std::fmt::Display for VmmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.signal() == Some(libc::SIGSYS) {
+            return f.write_str(
+                "was killed by SIGSYS: one of its threads made a system call outside its \
+                 seccomp filter (the kernel's audit log names it)",
+            );
+        }
+        write!(f, "exited with {}", self.0)
+    }
 }
 
 /// The VMM's stderr log of the sandbox in `dir`.
@@ -129,6 +146,7 @@ impl Vmm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(vmm_log);
+        cmd.arg("--seccomp").arg(hv.seccomp.to_string());
         if !hv.kernel_params.is_empty() {
             cmd.arg("--cmdline-append").arg(&hv.kernel_params);
         }
@@ -189,7 +207,7 @@ impl Vmm {
         while Instant::now() < deadline {
             if let Some(status) = self.vmm.try_wait().map_err(VmmError::Wait)? {
                 return Err(VmmError::VmmExited {
-                    status,
+                    status: VmmExit(status),
                     vmm_says: vmm_last_words(&self.dir),
                     console: self.console_tail(),
                 });
@@ -266,7 +284,7 @@ impl Vmm {
         let deadline = Instant::now() + Duration::from_secs(2);
         let vmm = loop {
             match self.vmm.try_wait() {
-                Ok(Some(status)) => break format!("the VMM exited with {status}"),
+                Ok(Some(status)) => break format!("the VMM {}", VmmExit(status)),
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(AGENT_POLL_INTERVAL),
                 Ok(None) => break "the VMM still runs".to_owned(),
                 Err(e) => break format!("the VMM's status is unknown ({e})"),

@@ -35,7 +35,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::worker::{stop_slot, EventHandler, Worker};
+use super::worker::{stop_slot, DeviceThread, EventHandler, Worker};
 use super::VIRTIO_F_VERSION_1;
 use super::{read_config_space, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
 use crate::memory::GuestMemory;
@@ -269,7 +269,12 @@ impl Fs {
                     .map_err(backend("SET_VRING_ENABLE"))?;
             }
         }
-        self.relay = Some(start_relay(calls, &self.socket, ctx.interrupt)?);
+        self.relay = Some(start_relay(
+            &ctx.thread,
+            calls,
+            &self.socket,
+            ctx.interrupt,
+        )?);
         Ok(())
     }
 
@@ -376,6 +381,7 @@ impl EventHandler for Relay {
 }
 
 fn start_relay(
+    thread: &DeviceThread,
     calls: Vec<EventFd>,
     socket: &UnixStream,
     interrupt: Arc<Interrupt>,
@@ -393,12 +399,16 @@ fn start_relay(
         calls,
         interrupt,
     };
-    Worker::spawn("virtio-fs", relay, &fds).map_err(SetupError::Relay)
+    Worker::spawn(thread, relay, &fds).map_err(|e| SetupError::Relay(e.error))
 }
 
 impl VirtioDevice for Fs {
     fn device_type(&self) -> u32 {
         TYPE_FS
+    }
+
+    fn thread_kind(&self) -> crate::seccomp::ThreadKind {
+        crate::seccomp::ThreadKind::FsRelay
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -456,6 +466,7 @@ mod tests {
     use std::sync::{mpsc, Mutex};
     use std::thread;
 
+    use crate::devices::virtio::test_driver;
     use vhost::vhost_user::message::FrontendReq;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -604,6 +615,7 @@ mod tests {
             queues,
             interrupt: interrupt.clone(),
             acked_features: acked,
+            thread: test_driver::thread(),
         };
         (ctx, interrupt)
     }
@@ -813,7 +825,7 @@ mod tests {
         let call = calls[1].try_clone().unwrap();
         let (socket, _peer) = UnixStream::pair().unwrap();
         let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        let relay = start_relay(calls, &socket, interrupt.clone()).unwrap();
+        let relay = start_relay(&test_driver::thread(), calls, &socket, interrupt.clone()).unwrap();
         call.write(1).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while interrupt.status() == 0 && std::time::Instant::now() < deadline {

@@ -21,6 +21,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::worker::DeviceThread;
 use super::VIRTIO_F_VERSION_1;
 use super::{ActivateContext, Interrupt, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_RING};
 use crate::devices::BusDevice;
@@ -80,6 +81,7 @@ pub struct MmioTransport {
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
     queue_events: Vec<EventFd>,
+    thread: DeviceThread,
     /// The device status register as the driver sees it.
     status: u32,
     /// Whether the device runs, so that a reset stops it exactly once.
@@ -92,11 +94,13 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     /// Wraps `device`; `interrupt_evt` is the eventfd the VM builder wires
-    /// to the guest interrupt line (a KVM irqfd).
+    /// to the guest interrupt line (a KVM irqfd), `thread` the device's own
+    /// thread, handed to it at each activation.
     pub fn new(
         mem: GuestMemory,
         device: Box<dyn VirtioDevice>,
         interrupt_evt: EventFd,
+        thread: DeviceThread,
     ) -> Result<Self, MmioError> {
         let device_type = device.device_type();
         let max_sizes = device.queue_max_sizes();
@@ -123,6 +127,7 @@ impl MmioTransport {
             interrupt: Arc::new(Interrupt::new(interrupt_evt)),
             queues,
             queue_events,
+            thread,
             status: 0,
             activated: false,
             device_features_sel: 0,
@@ -412,6 +417,7 @@ impl MmioTransport {
             queue_events,
             interrupt: self.interrupt.clone(),
             acked_features: self.acked_features,
+            thread: self.thread.clone(),
         })
     }
 
@@ -519,6 +525,11 @@ mod tests {
         fn device_type(&self) -> u32 {
             super::super::TYPE_VSOCK
         }
+
+        fn thread_kind(&self) -> crate::seccomp::ThreadKind {
+            crate::seccomp::ThreadKind::Block
+        }
+
         fn queue_max_sizes(&self) -> &[u16] {
             &[16, 8]
         }
@@ -567,8 +578,13 @@ mod tests {
             fail_activate,
             queue_events: Vec::new(),
         };
-        let t =
-            MmioTransport::new(mem, Box::new(device), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+        let t = MmioTransport::new(
+            mem,
+            Box::new(device),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            crate::devices::virtio::test_driver::thread(),
+        )
+        .unwrap();
         (t, record)
     }
 

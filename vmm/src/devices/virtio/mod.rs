@@ -27,6 +27,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
+use crate::seccomp::ThreadKind;
 
 /// virtio device IDs (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
@@ -105,6 +106,8 @@ pub struct ActivateContext {
     pub interrupt: Arc<Interrupt>,
     /// The features the driver accepted (a subset of `features()`).
     pub acked_features: u64,
+    /// The device's own thread, which its worker runs on.
+    pub thread: worker::DeviceThread,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,8 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`TYPE_*`).
     fn device_type(&self) -> u32;
+    /// The seccomp filter its thread runs under.
+    fn thread_kind(&self) -> ThreadKind;
     /// The maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
     /// The features offered to the driver, `VIRTIO_F_VERSION_1` included.

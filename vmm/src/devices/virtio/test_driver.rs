@@ -10,7 +10,15 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use super::worker::DeviceThread;
 use crate::memory::GuestMemory;
+use crate::seccomp::{SeccompMode, ThreadKind};
+
+/// A device thread without a seccomp filter, as a unit test's device
+/// gets.
+pub fn thread() -> DeviceThread {
+    DeviceThread::spawn(ThreadKind::Block, SeccompMode::Off).unwrap()
+}
 
 /// The descriptors of a well-linked chain of (address, length,
 /// device-writable), each `next` the index after its own, from 0.

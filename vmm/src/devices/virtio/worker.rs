@@ -1,12 +1,21 @@
 //! The thread an activated device works on, the same for every device: an
 //! epoll set over the device's eventfds and sockets plus a kill eventfd, a
 //! loop that hands each ready token to the device's [`EventHandler`], and a
-//! [`Worker`] handle that stops the thread and joins it.
+//! [`Worker`] handle that stops the loop and waits for it.
+//!
+//! The loop runs on the device's [`DeviceThread`], made when the VM is
+//! built and confined by the device's seccomp filter before the guest
+//! runs; activations come from vCPU threads, which may not start threads
+//! themselves (a new thread would inherit the vCPU's filter).
 
 use std::io;
 use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, RawFd};
-use std::thread::JoinHandle;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 
 use tracing::error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -43,50 +52,135 @@ pub trait EventHandler: Send + 'static {
     fn finish(self) -> Self::Output;
 }
 
-/// A device's running worker thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A device's own thread for the VM's life: it installs its seccomp filter
+/// first, then runs the device's workers one after the other.
+#[derive(Clone)]
+pub struct DeviceThread {
+    name: &'static str,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl DeviceThread {
+    /// Starts the thread of a device of `kind` and waits until it has
+    /// installed its seccomp filter for `mode`.
+    pub fn spawn(kind: ThreadKind, mode: SeccompMode) -> io::Result<Self> {
+        let name = kind.name();
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready_tx, ready) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let confined = seccomp::install(kind, mode);
+                let go = confined.is_ok();
+                let _ = ready_tx.send(confined);
+                if go {
+                    for job in queue {
+                        job();
+                    }
+                }
+            })?;
+        ready
+            .recv()
+            .map_err(|_| io::Error::other(format!("the {name} thread ended at its start")))?
+            .map_err(io::Error::other)?;
+        Ok(Self { name, jobs })
+    }
+}
+
+/// Why a worker did not start, and its handler, given back where the
+/// handler was not yet handed to the device's thread.
+pub struct SpawnError<H> {
+    pub error: io::Error,
+    pub handler: Option<H>,
+}
+
+/// A device's running worker.
 pub struct Worker<T> {
     name: &'static str,
     kill: EventFd,
-    thread: JoinHandle<T>,
+    finished: Arc<AtomicBool>,
+    output: mpsc::Receiver<T>,
 }
 
 impl<T: Send + 'static> Worker<T> {
     /// Adds `fds` (fd, readiness, token) and a kill eventfd to the
-    /// handler's epoll set and runs the handler on a thread named `name`.
+    /// handler's epoll set and runs the handler on the device's `thread`.
     pub fn spawn<H: EventHandler<Output = T>>(
-        name: &'static str,
+        thread: &DeviceThread,
         handler: H,
         fds: &[(RawFd, EventSet, u64)],
-    ) -> io::Result<Self> {
-        let kill = EventFd::new(EFD_NONBLOCK)?;
+    ) -> Result<Self, SpawnError<H>> {
+        let kill = match EventFd::new(EFD_NONBLOCK) {
+            Ok(kill) => kill,
+            Err(error) => {
+                return Err(SpawnError {
+                    error,
+                    handler: Some(handler),
+                })
+            }
+        };
         for &(fd, set, token) in fds
             .iter()
             .chain([(kill.as_raw_fd(), EventSet::IN, TOKEN_KILL)].iter())
         {
-            handler
-                .epoll()
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))?;
+            if let Err(error) =
+                handler
+                    .epoll()
+                    .ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
+            {
+                return Err(SpawnError {
+                    error,
+                    handler: Some(handler),
+                });
+            }
         }
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || run(handler, name))?;
-        Ok(Self { name, kill, thread })
+        let name = thread.name;
+        let finished = Arc::new(AtomicBool::new(false));
+        let (done, output) = mpsc::sync_channel(1);
+        let flag = finished.clone();
+        let job: Job = Box::new(move || {
+            // Where a panic unwinds (test builds; release builds abort), it
+            // ends this worker, not the device's thread.
+            if let Ok(out) = catch_unwind(AssertUnwindSafe(|| run(handler, name))) {
+                let _ = done.send(out);
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+        if let Err(mpsc::SendError(job)) = thread.jobs.send(job) {
+            // A device's thread runs until its last handle goes, so this
+            // is not expected. The handler is not dropped here: a vCPU
+            // thread's filter need not allow what dropping a device's
+            // resources does.
+            std::mem::forget(job);
+            return Err(SpawnError {
+                error: io::Error::other(format!("the {name} thread has ended")),
+                handler: None,
+            });
+        }
+        Ok(Self {
+            name,
+            kill,
+            finished,
+            output,
+        })
     }
 
-    /// Whether the thread has ended (by itself: its handler broke off).
+    /// Whether the worker has ended (by itself: its handler broke off).
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.finished.load(Ordering::SeqCst)
     }
 
-    /// Ends the thread and joins it: what it handed back, or None if it
-    /// panicked. The worker comes back as the error if it could not be
+    /// Ends the worker and waits for it: what it handed back, or None if
+    /// it panicked. The worker comes back as the error if it could not be
     /// told to end.
     pub fn stop(self) -> Result<Option<T>, Self> {
         if let Err(e) = self.kill.write(1) {
             error!(worker = self.name, error = %e, "cannot stop the device's worker");
             return Err(self);
         }
-        match self.thread.join() {
+        match self.output.recv() {
             Ok(output) => Ok(Some(output)),
             Err(_) => {
                 error!(worker = self.name, "the device's worker panicked");
@@ -183,7 +277,8 @@ mod tests {
             waits: tx,
         };
         let fds = [(evt.as_raw_fd(), EventSet::IN, 7)];
-        (Worker::spawn("test", handler, &fds).unwrap(), evt, rx)
+        let thread = crate::devices::virtio::test_driver::thread();
+        (Worker::spawn(&thread, handler, &fds).ok().unwrap(), evt, rx)
     }
 
     #[test]

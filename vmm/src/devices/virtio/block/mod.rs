@@ -153,6 +153,10 @@ impl VirtioDevice for Block {
         TYPE_BLOCK
     }
 
+    fn thread_kind(&self) -> crate::seccomp::ThreadKind {
+        crate::seccomp::ThreadKind::Block
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
@@ -184,6 +188,7 @@ impl VirtioDevice for Block {
             queues,
             queue_events,
             interrupt,
+            thread,
             ..
         } = ctx;
         let (Some(queue), Some(queue_evt)) =
@@ -209,8 +214,9 @@ impl VirtioDevice for Block {
             epoll: Epoll::new().map_err(ActivateError::Worker)?,
             queue_evt,
         };
-        self.worker =
-            Some(Worker::spawn("virtio-blk", handler, &fds).map_err(ActivateError::Worker)?);
+        self.worker = Some(
+            Worker::spawn(&thread, handler, &fds).map_err(|e| ActivateError::Worker(e.error))?,
+        );
         Ok(())
     }
 
@@ -240,6 +246,7 @@ mod tests {
 
     use super::harness::*;
     use super::*;
+    use crate::devices::virtio::test_driver;
     use crate::devices::virtio::{Interrupt, INT_USED_RING};
 
     #[test]
@@ -304,6 +311,7 @@ mod tests {
                 queue_events: vec![queue_evt.try_clone().unwrap()],
                 interrupt: interrupt.clone(),
                 acked_features: block.features(),
+                thread: test_driver::thread(),
             })
         };
         activate(&mut block).unwrap();
@@ -352,6 +360,7 @@ mod tests {
             queue_events: vec![],
             interrupt: interrupt.clone(),
             acked_features: 0,
+            thread: test_driver::thread(),
         });
         assert!(matches!(e, Err(ActivateError::Invalid(_))));
     }

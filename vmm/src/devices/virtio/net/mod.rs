@@ -138,6 +138,10 @@ impl VirtioDevice for Net {
         TYPE_NET
     }
 
+    fn thread_kind(&self) -> crate::seccomp::ThreadKind {
+        crate::seccomp::ThreadKind::Net
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; 2]
     }
@@ -170,6 +174,7 @@ impl VirtioDevice for Net {
             queues,
             queue_events,
             interrupt,
+            thread,
             ..
         } = ctx;
         let (Ok([rx, tx]), Ok([rx_evt, tx_evt])) = (
@@ -197,7 +202,7 @@ impl VirtioDevice for Net {
             tx_evt,
         };
         self.worker =
-            Some(Worker::spawn("virtio-net", worker, &fds).map_err(ActivateError::Worker)?);
+            Some(Worker::spawn(&thread, worker, &fds).map_err(|e| ActivateError::Worker(e.error))?);
         Ok(())
     }
 
@@ -225,7 +230,7 @@ mod tests {
 
     use super::harness::*;
     use super::*;
-    use crate::devices::virtio::test_driver::DriverQueue;
+    use crate::devices::virtio::test_driver::{self, DriverQueue};
     use crate::devices::virtio::{Interrupt, INT_USED_RING};
 
     #[test]
@@ -288,6 +293,7 @@ mod tests {
                 queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
                 interrupt: interrupt.clone(),
                 acked_features: dev.features(),
+                thread: test_driver::thread(),
             })
             .map(|()| (rx, tx))
         };
@@ -345,6 +351,7 @@ mod tests {
             queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
             interrupt: interrupt.clone(),
             acked_features: 0,
+            thread: test_driver::thread(),
         });
         assert!(matches!(e, Err(ActivateError::Invalid(_))));
     }

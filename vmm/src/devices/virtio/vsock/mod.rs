@@ -122,6 +122,10 @@ impl VirtioDevice for Vsock {
         TYPE_VSOCK
     }
 
+    fn thread_kind(&self) -> crate::seccomp::ThreadKind {
+        crate::seccomp::ThreadKind::Vsock
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; NUM_QUEUES]
     }

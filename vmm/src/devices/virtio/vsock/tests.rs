@@ -17,7 +17,7 @@ use super::backend::{Timeouts, MAX_CONNECTIONS};
 use super::connection::{CONN_BUF_SIZE, CREDIT_UPDATE_THRESHOLD};
 use super::packet::*;
 use super::*;
-use crate::devices::virtio::test_driver::DriverQueue;
+use crate::devices::virtio::test_driver::{self, DriverQueue};
 use crate::devices::virtio::{Interrupt, INT_USED_RING};
 use crate::memory::GuestMemory;
 
@@ -61,6 +61,7 @@ impl Guest {
             queue_events: kicks.iter().map(|e| e.try_clone().unwrap()).collect(),
             interrupt: interrupt.clone(),
             acked_features: VIRTIO_F_VERSION_1,
+            thread: test_driver::thread(),
         })
         .unwrap();
         let mut guest = Self {

@@ -35,10 +35,10 @@ struct Worker {
 /// A running worker; stopping it gives the backend back.
 pub type WorkerHandle = DeviceWorker<Backend>;
 
-/// Starts the worker on the backend in `slot`. The backend stays in the
-/// slot if its epoll set cannot be made; past that, a failure (watching an
-/// fd, creating the thread) loses it, and the socket file with it, which
-/// the error reports.
+/// Starts the worker on the backend in `slot`. On a failure the backend
+/// goes back to the slot, unless the device's thread has ended (which
+/// only one that failed to start does): then it is lost, with its socket
+/// file, which the error reports.
 pub fn spawn(
     ctx: ActivateContext,
     slot: &mut Option<Backend>,
@@ -60,6 +60,7 @@ pub fn spawn(
         .map(|(index, evt)| (evt.as_raw_fd(), EventSet::IN, index as u64))
         .collect();
     fds.push((backend.listener_fd(), EventSet::IN, TOKEN_LISTENER));
+    let thread = ctx.thread;
     let worker = Worker {
         mem: ctx.mem,
         queues: ctx.queues,
@@ -68,7 +69,10 @@ pub fn spawn(
         epoll,
         backend,
     };
-    DeviceWorker::spawn("vsock", worker, &fds).map_err(ActivateError::Worker)
+    DeviceWorker::spawn(&thread, worker, &fds).map_err(|e| {
+        *slot = e.handler.map(|worker| worker.backend);
+        ActivateError::Worker(e.error)
+    })
 }
 
 impl EventHandler for Worker {
