@@ -89,10 +89,12 @@ install_at_least() {
 # XSETBV, and nested guests turn XSAVE and AVX off
 # (tests/emulated-host/README.md); the fixes are written for 10.0. Debian
 # 12 ships QEMU 7.2 and meson 1.0; its backports carry QEMU 10.0 and meson
-# 1.7.
+# 1.7. QEMU's configure also wants pycotap 1.1 (from 10.0.2 on), which it
+# will not fetch itself from a source tarball without its wheels.
 install_qemu() {
     install_at_least qemu-system-x86 1:10.0
     install_at_least meson 1.5
+    install_at_least python3-pycotap 1.1
 }
 
 install_virtiofsd() {
