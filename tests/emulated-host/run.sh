@@ -29,6 +29,9 @@ stall_s=0
 vfio_edu=false
 shares=()
 qemu=${KATA_RS_EMULATED_HOST_QEMU:-}
+# A boot normally starts the command within 4 s (README.md, "Measured"); one
+# that has not within this bound has wedged (README.md, "Known issues").
+boot_bound_s=${KATA_RS_EMULATED_HOST_BOOT_BOUND:-60}
 tcg=${KATA_RS_EMULATED_HOST_TCG:-multi}
 host_params=${KATA_RS_EMULATED_HOST_PARAMS:-}
 first_cpu=1
@@ -167,6 +170,7 @@ job="$run_dir/job"
 mkdir "$job"
 qemu_pid=
 watch_pid=
+boot_watch_pid=
 relay_pids=()
 
 # Ends whatever is still running, by pid, and removes the run directory; runs
@@ -185,11 +189,15 @@ cleanup() {
 
 # shellcheck disable=SC2317  # reached through cleanup
 stop_watch() {
-    if [ -n "$watch_pid" ]; then
-        kill "$watch_pid" 2>/dev/null || true
-        wait "$watch_pid" 2>/dev/null || true
-        watch_pid=
-    fi
+    local pid
+    for pid in "$watch_pid" "$boot_watch_pid"; do
+        if [ -n "$pid" ]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    watch_pid=
+    boot_watch_pid=
 }
 
 # A relay still blocked opening its FIFO (QEMU died before opening the other
@@ -290,6 +298,21 @@ boot() {
     timeout "${timeout_args[@]}" "$qemu_bin" "${qemu_args[@]}" -append "$cmdline" \
         </dev/null 2>"$run_dir/qemu.log" &
     qemu_pid=$!
+    # A host that wedged while booting never starts the command: it is
+    # stopped at the boot bound, to be booted again.
+    (
+        waited=0
+        while [ ! -e "$job/started" ]; do
+            if [ "$waited" -ge "$boot_bound_s" ]; then
+                : >"$run_dir/unbooted"
+                kill -TERM "$qemu_pid"
+                exit 0
+            fi
+            sleep 1
+            waited=$((waited + 1))
+        done
+    ) &
+    boot_watch_pid=$!
     # A hung emulated host (see README.md) writes nothing more; cutting it short
     # after --stall seconds instead of --timeout leaves a caller time to retry.
     if [ "$stall_s" -gt 0 ]; then
@@ -327,17 +350,26 @@ boot() {
 }
 
 # QEMU 10.0's TCG now and then dies of SIGSEGV while the emulated host
-# boots (README.md, "Known issues"). Before the command has started nothing
-# of it is lost, so such a host is booted again, and says so.
+# boots, and the host now and then wedges while it boots (README.md, "Known
+# issues"). Before the command has started nothing of it is lost, so such a
+# host is booted again, and says so.
 boots=3
 for boot_number in $(seq 1 "$boots"); do
-    rm -f "$run_dir/stdout" "$run_dir/stderr" "$run_dir/stalled"
+    rm -f "$run_dir/stdout" "$run_dir/stderr" "$run_dir/stalled" "$run_dir/unbooted"
     boot
-    if [ -f "$job/started" ] || [ "$qemu_status" -le 128 ] || [ "$qemu_status" -eq 137 ] \
-            || [ "$boot_number" -eq "$boots" ]; then
+    if [ -f "$job/started" ] || [ "$boot_number" -eq "$boots" ]; then
         break
     fi
-    echo "$prog: QEMU died (exit status $qemu_status) before the command started; booting the emulated host again ($((boot_number + 1)) of $boots; $qemu_version)" >&2
+    again="booting the emulated host again ($((boot_number + 1)) of $boots; $qemu_version)"
+    if [ -f "$run_dir/unbooted" ]; then
+        echo "$prog: the emulated host did not start the command within $boot_bound_s s; $again" >&2
+        [ ! -s "$run_dir/console.log" ] || tail -n 5 "$run_dir/console.log" | sed 's/^/    /' >&2
+        continue
+    fi
+    if [ "$qemu_status" -le 128 ] || [ "$qemu_status" -eq 137 ]; then
+        break
+    fi
+    echo "$prog: QEMU died (exit status $qemu_status) before the command started; $again" >&2
     [ ! -s "$run_dir/qemu.log" ] || sed 's/^/    /' "$run_dir/qemu.log" >&2
 done
 
@@ -345,6 +377,10 @@ if [ -f "$job/status" ]; then
     status=$(cat "$job/status")
     [[ $status =~ ^[0-9]+$ ]] || die "the emulated host reported a malformed exit status '$status'"
     exit "$status"
+fi
+if [ -f "$run_dir/unbooted" ]; then
+    echo "$prog: the emulated host did not start the command within $boot_bound_s s in $boots boots ($qemu_version)" >&2
+    exit 125
 fi
 if [ -f "$run_dir/stalled" ]; then
     {
